@@ -1,0 +1,32 @@
+"""Train an FCN on one GPU or on the CPU.
+
+    # one GPU (or the CPU when there is none), Pascal VOC 2012 in data/VOC/VOCdevkit
+    python train.py --data-path data/VOC --model fcn_resnet50 --pretrained-backbone resnet50-0676ba61.pth
+
+    # fine-tune the COCO-VOC checkpoint at the low rate that keeps its accuracy
+    python train.py --data-path data/VOC --weights fcn_resnet50_coco-1167a1af.pth --lr 1e-4 --epochs 10
+
+    # continue an interrupted run
+    python train.py --data-path data/VOC --output-dir runs/fcn_resnet50_voc --resume auto
+
+For several GPUs or several nodes use train_multi_GPU.py (same flags). Every run writes config.yaml,
+train.log, results.txt, metrics.jsonl, last.pth and best.pth into --output-dir.
+"""
+import argparse
+from typing import Optional, Sequence
+
+from train_utils.cli import parse_with_config, run_main
+from train_utils.options import get_args_parser
+from train_utils.trainer import run_training
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return parse_with_config(get_args_parser(__doc__.splitlines()[0]), argv)
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_training(args)
+
+
+if __name__ == "__main__":
+    run_main(main, parse_args())

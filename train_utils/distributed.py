@@ -1,0 +1,123 @@
+"""Process-group helpers. One code path: a single process is world size 1, not a separate branch."""
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, List, Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    """Where this process stands: its rank, the world size, its local rank and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(*names: str) -> Optional[int]:
+    for name in names:
+        if name in os.environ:
+            return int(os.environ[name])
+    return None
+
+
+def resolve_device(device: Optional[str], local_rank: int = 0) -> torch.device:
+    """"cuda" becomes cuda:<local_rank>; None picks CUDA when there is one, else the CPU."""
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800) -> DistInfo:
+    """Joins the process group described by torchrun's (or SLURM's) environment, if any.
+
+    torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; under srun, SLURM_PROCID,
+    SLURM_NTASKS and SLURM_LOCALID stand in for the first three and MASTER_ADDR/MASTER_PORT must be exported.
+    Without any of them this is one process. The backend is NCCL on CUDA and Gloo on the CPU.
+    """
+    rank = _env_int("RANK", "SLURM_PROCID") or 0
+    world_size = _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1
+    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
+    dev = resolve_device(device, local_rank)
+    info = DistInfo(rank, world_size, local_rank, dev)
+    if world_size > 1 and not dist.is_initialized():
+        for var in ("MASTER_ADDR", "MASTER_PORT"):
+            if var not in os.environ:
+                raise ValueError(f"{var} is not set: launch with torchrun, or export MASTER_ADDR/MASTER_PORT "
+                                 f"for srun")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s), **kwargs)
+    return info
+
+
+def is_dist_avail_and_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist_avail_and_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sums `tensor` over all ranks in place and returns it (unchanged in a single process)."""
+    if is_dist_avail_and_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flags: List[bool], device: torch.device) -> List[bool]:
+    """For each flag, True on every rank if it is true on any rank: all ranks then stop at the same step
+    (a rank that stopped alone would leave the others waiting in a collective)."""
+    if not is_dist_avail_and_initialized():
+        return list(flags)
+    t = torch.tensor([1 if f else 0 for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] in a single process)."""
+    if not is_dist_avail_and_initialized():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def cleanup() -> None:
+    if is_dist_avail_and_initialized():
+        dist.destroy_process_group()

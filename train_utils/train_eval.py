@@ -1,0 +1,184 @@
+"""The training and evaluation loops, identical for one process and for N processes under DDP."""
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .distributed import any_rank, get_world_size, is_main_process
+from .loss import check_target, criterion
+from .metrics import ConfusionMatrix
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float ImageNet-normalised. Done on the device: the loader moves 4x fewer bytes."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
+def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """Copies a uint8 batch to the device (asynchronously from pinned memory) and normalises it."""
+    images = normalize(images.to(device, non_blocking=True))
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """torch.autocast for `amp_dtype`, or a no-op when it is None (fp32)."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; the message names the epoch and the iteration."""
+
+
+@dataclass
+class TrainOptions:
+    """Settings of `train_one_epoch` beyond the model, data and optimizer."""
+
+    num_classes: int
+    aux_weight: float = 0.5
+    class_weights: Optional[torch.Tensor] = None
+    amp_dtype: Optional[torch.dtype] = None
+    scaler: Optional[torch.amp.GradScaler] = None
+    clip_grad_norm: Optional[float] = None
+    channels_last: bool = False
+    print_freq: int = 10
+    should_stop: Callable[[], bool] = field(default=lambda: False)
+
+
+@dataclass
+class EpochResult:
+    """What one (possibly interrupted) training epoch did."""
+
+    loss: float
+    lr: float
+    steps: int
+    images_per_s: float
+    interrupted: bool = False
+    loss_sum: float = 0.0  # over the whole epoch so far, resumed part included
+    total_steps: int = 0
+
+
+def _nonfinite_error(epoch: int, step: int) -> NonFiniteLossError:
+    where = f"iteration {step}" if step >= 0 else "an iteration of another process"
+    return NonFiniteLossError(
+        f"loss is NaN or inf at epoch {epoch}, {where}; the run stopped and kept its last good checkpoint. "
+        f"Try a lower --lr, --clip-grad-norm, or bf16 instead of fp16 autocast")
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable,
+                    device: torch.device, epoch: int, lr_scheduler, opts: TrainOptions,
+                    start_step: int = 0, prior: Tuple[float, int] = (0.0, 0),
+                    log: Callable[[str], None] = print) -> EpochResult:
+    """One pass over `loader` (which may start at `start_step` when resuming mid-epoch).
+
+    `prior` is (loss sum, steps) of the part of this epoch done before an interruption, so that the
+    epoch's mean loss after a resume is the same as without one.
+
+    The loss stays on the device: the host reads it (a sync) only every `print_freq` iterations, where it
+    also checks for NaN/inf (the first bad iteration is recorded on the device) and for a stop request.
+    """
+    model.train()
+    total = len(loader) + start_step
+    bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch}", unit="img", dynamic_ncols=True,
+               unit_scale=loader.batch_size * get_world_size(), disable=not is_main_process(), leave=False)
+    loss_sum = torch.zeros((), device=device)
+    bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+    prior_loss_sum, prior_steps = prior
+    steps, interrupted, mean_loss, t0 = 0, False, math.nan, time.perf_counter()
+    for step, (images, targets) in enumerate(loader, start=start_step):
+        check_target(targets, opts.num_classes)  # CPU batch: no device sync
+        images = prepare_images(images, device, opts.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        loss = _train_step(model, optimizer, images, targets, device, opts)
+        lr_scheduler.step()
+        loss = loss.detach()
+        loss_sum += loss
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
+        steps += 1
+        bar.update(1)
+        last = step + 1 == total
+        if (step + 1) % opts.print_freq == 0 or last:
+            first_bad = int(bad_step.item())  # the host sync of this interval
+            nonfinite, stop = any_rank([first_bad >= 0, opts.should_stop()], device)
+            if nonfinite:
+                raise _nonfinite_error(epoch, first_bad)
+            mean_loss = (loss_sum.item() + prior_loss_sum) / (steps + prior_steps)
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+            log(f"epoch {epoch} [{step + 1}/{total}] loss {mean_loss:.4f} lr {lr:.6f}")
+            if stop and not last:
+                interrupted = True
+                break
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    images_seen = steps * loader.batch_size * get_world_size()
+    return EpochResult(mean_loss, optimizer.param_groups[0]["lr"], steps, images_seen / max(elapsed, 1e-9),
+                       interrupted, loss_sum.item() + prior_loss_sum, steps + prior_steps)
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                targets: torch.Tensor, device: torch.device, opts: TrainOptions) -> torch.Tensor:
+    with autocast(device, opts.amp_dtype):
+        outputs = model(images)
+    loss = criterion(outputs, targets, opts.aux_weight, class_weights=opts.class_weights, validate=False)
+    optimizer.zero_grad(set_to_none=True)
+    scaler = opts.scaler
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        if opts.clip_grad_norm:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if opts.clip_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad_norm)
+        optimizer.step()
+    return loss
+
+
+def whole_image(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Logits of the whole image in one forward pass (the default inference mode)."""
+    return model(images)["out"]
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
+             class_names: Optional[list] = None, amp_dtype: Optional[torch.dtype] = None,
+             channels_last: bool = False, infer: Callable = whole_image,
+             desc: str = "eval") -> ConfusionMatrix:
+    """Confusion matrix of `model` over `loader`, summed over all ranks.
+
+    Logits are resized (bilinear) to each label's own resolution before the argmax, so the metrics are
+    computed on the original masks even when the images were resized. Each rank must see a disjoint shard
+    of the data without padding (see `train_utils.sampler`), so every image counts exactly once.
+    """
+    model.eval()
+    cm = ConfusionMatrix(num_classes, class_names, device=device)
+    bar = tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, disable=not is_main_process(), leave=False)
+    for images, targets in bar:
+        images = prepare_images(images, device, channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = infer(model, images)
+        cm.update(targets, logits_to_labels(logits, targets.shape[-2:]))
+    cm.reduce_from_all_processes()
+    return cm
+
+
+def logits_to_labels(logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Argmax over classes after resizing (N, C, h, w) logits to `size` when they differ."""
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return logits.argmax(1)
