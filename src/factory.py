@@ -1,0 +1,106 @@
+"""The builder table, and building a model from what a checkpoint says about itself."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+from torch import nn
+
+from .fcn_model import fcn_resnet50, fcn_resnet101
+from .vgg_fcn import fcn8s, fcn8s_atonce, fcn16s, fcn32s
+from .weights import extract_state_dict, read_checkpoint
+
+MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "fcn_resnet50": fcn_resnet50,
+    "fcn_resnet101": fcn_resnet101,
+    "fcn32s": fcn32s,
+    "fcn16s": fcn16s,
+    "fcn8s": fcn8s,
+    "fcn8s_atonce": fcn8s_atonce,
+}
+# Only the ResNet models have an auxiliary head (on layer3).
+AUX_MODELS = ("fcn_resnet50", "fcn_resnet101")
+
+
+def build_model(name: str, num_classes: int = 21, aux: Optional[bool] = None,
+                pretrained_backbone: Optional[str] = None) -> nn.Module:
+    """Builds a model by name.
+
+    Args:
+        name: one of MODELS.
+        num_classes: output channels, background included.
+        aux: auxiliary head; None means the model's default (on for ResNet FCNs, off for VGG FCNs).
+        pretrained_backbone: None/"none", "auto" or a local file of torchvision ImageNet weights.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if aux is None:
+        aux = name in AUX_MODELS
+    return MODELS[name](num_classes=num_classes, aux=aux, pretrained_backbone=pretrained_backbone)
+
+
+def guess_architecture(state: Dict[str, torch.Tensor]) -> List[str]:
+    """Model names whose layout matches a raw state dict (FCN-8s and its at-once variant look alike)."""
+    if "backbone.conv1.weight" in state:
+        blocks = {k.split(".")[2] for k in state if k.startswith("backbone.layer3.")}
+        return ["fcn_resnet101"] if len(blocks) == 23 else ["fcn_resnet50"] if len(blocks) == 6 else []
+    if "upscore.weight" in state:
+        return ["fcn32s"]
+    if "upscore16.weight" in state:
+        return ["fcn16s"]
+    if "upscore8.weight" in state:
+        return ["fcn8s", "fcn8s_atonce"]
+    return []
+
+
+def _num_classes(state: Dict[str, torch.Tensor]) -> Optional[int]:
+    for key in ("classifier.4.weight", "score_fr.weight"):
+        if key in state:
+            return state[key].shape[0]
+    return None
+
+
+@dataclass
+class CheckpointModel:
+    """A model rebuilt from a checkpoint, with what the checkpoint told about it."""
+
+    model: nn.Module
+    name: str
+    num_classes: int
+    class_names: Optional[List[str]]
+    meta: Dict[str, Any]
+
+
+def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
+                          num_classes: Optional[int] = None) -> CheckpointModel:
+    """Builds the checkpoint's model and loads its weights exactly (strict).
+
+    Our checkpoints name their model, classes and head; for raw state dicts (torchvision's COCO-VOC files,
+    pytorch-fcn files) the architecture and class count are read off the tensors, or given by `name` and
+    `num_classes`. A `name` that contradicts the checkpoint is an error, not a silent rebuild.
+    """
+    obj = read_checkpoint(path)
+    state = extract_state_dict(obj, path)
+    meta = obj if isinstance(obj, dict) and "model" in obj else {}
+    saved_name, guesses = meta.get("model_name"), guess_architecture(state)
+    if name is not None and ((saved_name and name != saved_name) or (not saved_name and name not in guesses)):
+        found = saved_name or " or ".join(guesses) or "an unknown architecture"
+        raise ValueError(f"{path}: holds {found} weights, not --model {name}; drop --model or fix it")
+    name = name or saved_name or (guesses[0] if guesses else None)
+    if name is None:
+        raise ValueError(f"{path}: cannot tell which model these weights belong to; pass --model")
+    found_classes = _num_classes(state)
+    if num_classes is not None and found_classes is not None and num_classes != found_classes:
+        raise ValueError(f"{path}: has {found_classes} classes, not --num-classes {num_classes}; drop "
+                         f"--num-classes or fix it")
+    num_classes = num_classes or meta.get("num_classes") or found_classes
+    aux = any(k.startswith("aux_classifier.") for k in state)
+    model = build_model(name, num_classes, aux=aux if name in AUX_MODELS else False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: does not fit {name} with {num_classes} classes "
+                         f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+    return CheckpointModel(model, name, num_classes, meta.get("class_names"), meta)

@@ -1,0 +1,270 @@
+"""Samplers, checkpoints and records, the training loop, and 1- vs 2-process evaluation."""
+import math
+import os
+import random
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from train_utils import (ConfusionMatrix, EvalBatchSampler, NonFiniteLossError, SeededDataset, TrainOptions,
+                         TrainSampler, append_jsonl, append_text, atomic_write, create_lr_scheduler, evaluate,
+                         get_rng_state, save_checkpoint, set_rng_state, train_one_epoch)
+from train_utils.checkpoint import _nan_to_none
+
+
+# ------------------------------------------------------------------------------------------------ samplers
+
+def test_train_sampler_shards_are_disjoint_and_deterministic():
+    shards = [list(TrainSampler(23, 2, rank, 3, seed=5)) for rank in range(3)]
+    indices = [i for shard in shards for i, _ in shard]
+    assert len(indices) == len(set(indices)) == 3 * 2 * 3  # 3 full batches of 2 per rank, rest dropped
+    assert shards[0] == list(TrainSampler(23, 2, 0, 3, seed=5))
+    other = TrainSampler(23, 2, 0, 3, seed=5)
+    other.set_epoch(1)
+    assert [i for i, _ in other] != [i for i, _ in shards[0]]
+
+
+def test_train_sampler_skip_resumes_the_same_order():
+    sampler = TrainSampler(20, 4, seed=1)
+    sampler.set_epoch(3)
+    full = list(sampler)
+    sampler.set_epoch(3, skip_batches=2)
+    assert list(sampler) == full[8:] and len(sampler) == len(full) - 8
+
+
+def test_train_sampler_too_small():
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        TrainSampler(3, 2, 0, 2)
+
+
+class RandomItems(Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        return torch.rand(3)
+
+
+def test_seeded_dataset_is_a_function_of_the_seed_and_keeps_global_rng():
+    ds = SeededDataset(RandomItems())
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a = ds[(4, 123)]
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(5)  # move the global generator: the item must not change
+    assert torch.equal(ds[(4, 123)], a) and not torch.equal(ds[(4, 124)], a)
+
+
+def test_seeded_items_do_not_depend_on_workers():
+    sampler = TrainSampler(10, 2, seed=3)
+    loaders = [DataLoader(SeededDataset(RandomItems()), batch_size=2, sampler=sampler, num_workers=w)
+               for w in (0, 2)]
+    a, b = [torch.cat(list(loader)) for loader in loaders]
+    assert torch.equal(a, b)
+
+
+def test_eval_batch_sampler_counts_every_image_once():
+    sizes = [(10, 20), (20, 10), (10, 20), (5, 5), (10, 20), (20, 10), (7, 7)]
+    seen = []
+    for rank in range(3):
+        for batch in EvalBatchSampler(sizes, 2, rank, 3):
+            assert len(batch) <= 2 and len({sizes[i] for i in batch}) == 1
+            seen += batch
+    assert sorted(seen) == list(range(len(sizes)))
+
+
+# -------------------------------------------------------------------------------------- checkpoints, records
+
+def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"w": torch.ones(3)}, path)
+
+    def crash(f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, crash)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left behind
+
+
+def test_append_text_and_jsonl(tmp_path):
+    record = tmp_path / "sub" / "record.txt"
+    append_text(record, "first\n")
+    append_text(record, "second\n")
+    assert record.read_text() == "first\nsecond\n"
+    metrics = tmp_path / "metrics.jsonl"
+    append_jsonl(metrics, {"epoch": 0, "iou": [0.5, math.nan]})
+    append_jsonl(metrics, {"epoch": 1})
+    import json
+
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert lines == [{"epoch": 0, "iou": [0.5, None]}, {"epoch": 1}]
+    assert _nan_to_none({"a": (math.nan, 1.0)}) == {"a": [None, 1.0]}
+
+
+def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = get_rng_state()
+    path = tmp_path / "rng.pth"
+    save_checkpoint({"rng": state}, path)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.random(), np.random.rand(), torch.rand(1)
+    set_rng_state(torch.load(path, weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+# --------------------------------------------------------------------------------------------------- loops
+
+class TinySegNet(nn.Module):
+    """Two convolutions: enough to learn, fast on a CPU."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, num_classes, 1))
+
+    def forward(self, x):
+        return {"out": self.body(x)}
+
+
+class SizedImages(Dataset):
+    """Deterministic uint8 images of a few sizes with masks containing the ignore label."""
+
+    def __init__(self, n: int, num_classes: int = 3) -> None:
+        gen = torch.Generator().manual_seed(0)
+        shapes = [(12, 16), (16, 12), (9, 9)]
+        self.items = []
+        for i in range(n):
+            h, w = shapes[i % 3]
+            image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
+            mask = torch.randint(0, num_classes, (h, w), dtype=torch.uint8, generator=gen)
+            mask[0] = 255
+            self.items.append((image, mask))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def image_sizes(self):
+        return [tuple(img.shape[-2:]) for img, _ in self.items]
+
+
+def _collate(batch):
+    return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+
+def _eval_loader(dataset, rank=0, world=1, batch=2):
+    return DataLoader(dataset, batch_sampler=EvalBatchSampler(dataset.image_sizes(), batch, rank, world),
+                      collate_fn=_collate)
+
+
+def test_evaluate_batched_equals_one_image_at_a_time():
+    torch.manual_seed(0)
+    model, dataset = TinySegNet(), SizedImages(11)
+    batched = evaluate(model, _eval_loader(dataset, batch=4), torch.device("cpu"), 3)
+    single = evaluate(model, _eval_loader(dataset, batch=1), torch.device("cpu"), 3)
+    assert torch.equal(batched.matrix, single.matrix)
+    assert batched.matrix.sum() == sum(int((m != 255).sum()) for _, m in dataset.items)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dist_eval_worker(rank: int, world: int, port: int, out_path: str, state: dict) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = TinySegNet()
+    model.load_state_dict(state)
+    cm = evaluate(model, _eval_loader(SizedImages(11), rank, world), torch.device("cpu"), 3)
+    if rank == 0:
+        torch.save(cm.matrix.clone(), out_path)
+    dist.destroy_process_group()
+
+
+def test_two_process_evaluation_equals_single_process(tmp_path):
+    torch.manual_seed(0)
+    model = TinySegNet()
+    single = evaluate(model, _eval_loader(SizedImages(11)), torch.device("cpu"), 3).matrix
+    out = tmp_path / "matrix.pth"
+    mp.spawn(_dist_eval_worker, args=(2, _free_port(), str(out), model.state_dict()), nprocs=2)
+    assert torch.equal(torch.load(out, weights_only=True), single)
+
+
+def _train(model, dataset, epochs_range, opt_state=None, lr=0.1, **opts):
+    sampler = TrainSampler(len(dataset), 3, seed=0)
+    loader = DataLoader(SeededDataset(dataset), batch_size=3, sampler=sampler, drop_last=True, collate_fn=_collate)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    sched = create_lr_scheduler(opt, len(loader), 4)
+    if opt_state:
+        opt.load_state_dict(opt_state["opt"])
+        sched.load_state_dict(opt_state["sched"])
+    losses = []
+    for epoch in epochs_range:
+        sampler.set_epoch(epoch)
+        result = train_one_epoch(model, opt, loader, torch.device("cpu"), epoch, sched,
+                                 TrainOptions(num_classes=3, print_freq=2, **opts), log=lambda s: None)
+        losses.append(result.loss)
+    return losses, {"opt": opt.state_dict(), "sched": sched.state_dict()}
+
+
+class SameSizeImages(SizedImages):
+    def __init__(self, n):
+        super().__init__(n)
+        self.items = [(img[:, :9, :9].clone(), m[:9, :9].clone()) for img, m in self.items]
+
+
+def test_train_one_epoch_learns_and_resumes_exactly():
+    torch.manual_seed(0)
+    dataset = SameSizeImages(12)
+    straight = TinySegNet()
+    start = {k: v.clone() for k, v in straight.state_dict().items()}
+    losses, _ = _train(straight, dataset, range(2))
+    resumed = TinySegNet()
+    resumed.load_state_dict(start)
+    first, state = _train(resumed, dataset, range(1))
+    second, _ = _train(resumed, dataset, range(1, 2), opt_state=state)
+    assert first + second == losses
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_nan_loss_names_epoch_and_iteration():
+    model = TinySegNet()
+    with torch.no_grad():
+        model.body[2].bias.fill_(math.nan)
+    with pytest.raises(NonFiniteLossError, match="epoch 0, iteration 0"):
+        _train(model, SameSizeImages(6), range(1))
+
+
+def test_stop_request_interrupts_at_print_interval():
+    dataset = SameSizeImages(12)
+    sampler = TrainSampler(len(dataset), 2, seed=0)
+    loader = DataLoader(SeededDataset(dataset), batch_size=2, sampler=sampler, drop_last=True, collate_fn=_collate)
+    model = TinySegNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = create_lr_scheduler(opt, len(loader), 1)
+    result = train_one_epoch(model, opt, loader, torch.device("cpu"), 0, sched,
+                             TrainOptions(num_classes=3, print_freq=2, should_stop=lambda: True),
+                             log=lambda s: None)
+    assert result.interrupted and result.steps == 2
+
+
+def test_confusion_matrix_device_allocation_for_empty_rank():
+    cm = ConfusionMatrix(3, device=torch.device("cpu"))
+    cm.reduce_from_all_processes()
+    assert cm.matrix.sum() == 0

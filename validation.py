@@ -1,0 +1,138 @@
+"""Evaluate a checkpoint on a validation split and append the result to record_mAP.txt.
+
+    python validation.py --data-path data/VOC --weights runs/fcn_resnet50_voc/best.pth
+    # torchvision's COCO-VOC file (a raw state dict: the architecture is read off its tensors)
+    python validation.py --data-path data/VOC --weights fcn_resnet50_coco-1167a1af.pth
+    # multi-scale + flip test-time augmentation, reported next to the single-scale numbers
+    python validation.py --data-path data/VOC --weights best.pth --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip
+    # several GPUs (identical numbers: every image is counted exactly once)
+    torchrun --nproc_per_node=4 validation.py --data-path data/VOC --weights best.pth
+
+Metrics are computed at the original label resolution. The record (a header line, the confusion-matrix
+summary and per-class IoU) is appended to --record, never overwritten; --json writes every metric.
+"""
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from src import model_from_checkpoint
+from train_utils.checkpoint import append_text, atomic_write
+from train_utils.cli import add_config_flags, parse_with_config, positive_int, run_main
+from train_utils.distributed import cleanup, init_distributed_mode
+from train_utils.inference import add_inference_flags, inferer_from_args
+from train_utils.metrics import ConfusionMatrix
+from train_utils.options import MODEL_NAMES, add_data_flags
+from train_utils.sampler import EvalBatchSampler
+from train_utils.train_eval import evaluate, whole_image
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_flags(parser)
+    add_data_flags(parser)
+    parser.add_argument("--weights", required=True, help="checkpoint (ours, or a raw state dict)")
+    parser.add_argument("--split", default="val", help="split to evaluate")
+    parser.add_argument("--model", default=None, choices=MODEL_NAMES,
+                        help="architecture, for raw state dicts whose layout is ambiguous (default: from the file)")
+    parser.add_argument("--num-classes", type=positive_int, default=None, help="default: from the checkpoint")
+    parser.add_argument("--record", default=None,
+                        help="record file to append to (default: record_mAP.txt next to the weights)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write all metrics to this JSON file")
+    parser.add_argument("-b", "--batch-size", type=positive_int, default=8, help="images per batch (same size)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                        help="bf16 autocast (fp16 where bf16 is unsupported)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels-last memory format (default: on with CUDA)")
+    add_inference_flags(parser)
+    return parse_with_config(parser, argv)
+
+
+def load_val_set(args: argparse.Namespace, num_classes: int):
+    import my_dataset
+    from transforms import SegmentationPresetEval
+
+    dataset = my_dataset.build_dataset(args.dataset, args.data_path, args.split,
+                                       SegmentationPresetEval(args.eval_size, args.eval_resize_masks))
+    if dataset.num_classes != num_classes:
+        raise ValueError(f"{args.weights}: {num_classes} classes, but the dataset at {args.data_path} has "
+                         f"{dataset.num_classes}; evaluate on the data the model was trained for")
+    return dataset
+
+
+def header(args: argparse.Namespace, name: str, num_images: int) -> str:
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    return (f"[{now}] weights: {args.weights} | model: {name} | dataset: {args.dataset} ({args.data_path}) | "
+            f"split: {args.split} | images: {num_images}")
+
+
+def comparison(results: Dict[str, ConfusionMatrix], class_names: List[str]) -> str:
+    """Per-class IoU and the summary metrics, one column per inference mode."""
+    labels = list(results)
+    metrics = {k: cm.metrics() for k, cm in results.items()}
+    width = max(len(n) for n in class_names + ["mean IoU", "pixel acc"])
+    cols = [max(len(label), 6) for label in labels]
+    pct = lambda v: "nan" if v != v else f"{v * 100:.1f}"  # noqa: E731
+    lines = [f"{'':<{width}}  " + "  ".join(f"{label:>{c}}" for label, c in zip(labels, cols))]
+    for i, cname in enumerate(class_names):
+        lines.append(f"{cname:<{width}}  " + "  ".join(f"{pct(metrics[k]['iou'][i]):>{c}}" for k, c in zip(labels, cols)))
+    for key, title in (("mean_iou", "mean IoU"), ("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"),
+                       ("fw_iou", "fw IoU")):
+        lines.append(f"{title:<{width}}  " + "  ".join(f"{pct(metrics[k][key]):>{c}}" for k, c in zip(labels, cols)))
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    info = init_distributed_mode(args.device)
+    loaded = model_from_checkpoint(args.weights, args.model, args.num_classes)
+    model = loaded.model
+    if getattr(model, "aux_classifier", None) is not None:
+        model.aux_classifier = None  # the aux head only helps training; skip its cost here
+    channels_last = info.device.type == "cuda" if args.channels_last is None else args.channels_last
+    model.to(info.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    dataset = load_val_set(args, loaded.num_classes)
+    class_names = list(loaded.class_names or dataset.class_names)
+    sampler = EvalBatchSampler(dataset.image_sizes(), args.batch_size, info.rank, info.world_size)
+    from my_dataset import collate_fn
+
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, collate_fn=collate_fn,
+                        pin_memory=info.device.type == "cuda")
+    amp = (torch.bfloat16 if info.device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16) \
+        if args.amp else None
+    results = {"single-scale": evaluate(model, loader, info.device, loaded.num_classes, class_names, amp,
+                                        channels_last, whole_image, desc="single-scale")}
+    tta = inferer_from_args(args)
+    if tta is not None:
+        results[tta.name] = evaluate(model, loader, info.device, loaded.num_classes, class_names, amp,
+                                     channels_last, tta, desc=tta.name)
+    if info.is_main:
+        report(args, loaded.name, len(dataset), results, class_names)
+    cleanup()
+    return 0
+
+
+def report(args: argparse.Namespace, name: str, num_images: int, results: Dict[str, ConfusionMatrix],
+           class_names: List[str]) -> None:
+    first = next(iter(results.values()))
+    text = header(args, name, num_images) + "\n" + str(first) + "\n"
+    if len(results) > 1:
+        text += comparison(results, class_names) + "\n"
+    print(text)
+    record = Path(args.record) if args.record else Path(args.weights).resolve().parent / "record_mAP.txt"
+    append_text(record, text + "\n")
+    print(f"appended to {record}", file=sys.stderr)
+    if args.json:
+        data = {"weights": args.weights, "model": name, "split": args.split, "images": num_images,
+                **{label: cm.metrics() for label, cm in results.items()}}
+        atomic_write(Path(args.json), lambda f: f.write(json.dumps(data, indent=2).encode()))
+
+
+if __name__ == "__main__":
+    run_main(main, parse_args())
