@@ -32,6 +32,7 @@ def atomic_write(path: Union[str, Path], write: Callable[[Any], None], mode: str
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -42,6 +43,12 @@ def atomic_write(path: Union[str, Path], write: Callable[[Any], None], mode: str
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:

@@ -138,7 +138,7 @@ def setup_logging(out: Path, is_main: bool) -> logging.Logger:
 def environment(info: DistInfo) -> Dict[str, Any]:
     import torchvision
 
-    env = {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": sys.version.split()[0],
+    env = {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": sys.version.split()[0],
            "device": str(info.device), "world_size": info.world_size}
     if info.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(info.device)
@@ -233,8 +233,10 @@ def wrap_model(model: nn.Module, args: argparse.Namespace, info: DistInfo, log: 
 def compute_class_weights(args: argparse.Namespace, train_set, log: logging.Logger) -> Optional[torch.Tensor]:
     if args.class_weights == "none":
         return None
-    counts = train_set.class_pixel_counts()
-    weights = class_weights_from_counts(counts, args.class_weights)
+    from my_dataset import scan_split
+
+    counts, _ = scan_split(train_set.pairs, train_set.class_names, args.workers)
+    weights = class_weights_from_counts(counts[:args.num_classes], args.class_weights)
     log.info(f"class weights ({args.class_weights}): {[round(w, 3) for w in weights.tolist()]}")
     return weights
 

@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   generate the demo dataset, train an FCN on it, evaluate and predict (offline, CPU or GPU)
+#   make test   run the test suite (what CI runs)
+# The virtual environment is created on first use. Overrides: PYTHON (interpreter that creates it),
+# VENV (its location), PYTEST_ARGS (extra pytest arguments), DEMO_ARGS (extra tools/demo.py arguments).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= -q --disable-pip-version-check
+
+.PHONY: setup setup-test test demo clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt
+	touch $@
+
+$(VENV)/.test: requirements-test.txt $(VENV)/.runtime
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements-test.txt
+	touch $@
+
+setup: $(VENV)/.runtime
+
+setup-test: $(VENV)/.test
+
+test: setup-test
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) tools/demo.py $(DEMO_ARGS)
+
+clean:
+	rm -rf runs/demo data/demo predictions

@@ -1,0 +1,109 @@
+"""Shared fixtures: a small Pascal VOC tree with generated images and one real VOC photo (imgviz's sample).
+
+Files are written with PIL and imgviz's colormap directly, not with my_dataset's helpers, so the tests of
+my_dataset read data that its own writer did not produce.
+"""
+import sys
+from pathlib import Path
+
+import imgviz
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # my_dataset.py, transforms.py and train_utils live at the root
+
+TRAIN_IDS = ["gen_000", "gen_001", "gen_002"]
+VAL_IDS = ["gen_003", "voc_sample"]
+GENERATED_SIZES = {"gen_000": (64, 64), "gen_001": (48, 64), "gen_002": (64, 40), "gen_003": (56, 56)}
+REAL_SIZE = (375, 500)
+
+
+def write_jpeg(path: Path, rgb: np.ndarray, quality: int = 95) -> None:
+    Image.fromarray(rgb).save(path, quality=quality)
+
+
+def write_palette_png(path: Path, mask: np.ndarray) -> None:
+    image = Image.fromarray(mask.astype(np.uint8))
+    image.putpalette(imgviz.label_colormap().flatten().tolist())
+    image.save(path)
+
+
+def truncate(path: Path) -> None:
+    """Keeps the first half of the file's bytes, like an interrupted download."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _grow(band: np.ndarray) -> np.ndarray:
+    grown = band.copy()
+    grown[1:] |= band[:-1]
+    grown[:-1] |= band[1:]
+    grown[:, 1:] |= band[:, :-1]
+    grown[:, :-1] |= band[:, 1:]
+    return grown
+
+
+def add_ignore_band(label: np.ndarray, width: int = 2) -> np.ndarray:
+    """Marks with 255 a band about `width` px wide along every change of label (4-neighbours), like VOC."""
+    band = np.zeros(label.shape, dtype=bool)
+    across = label[:, 1:] != label[:, :-1]
+    band[:, 1:] |= across
+    band[:, :-1] |= across
+    down = label[1:] != label[:-1]
+    band[1:] |= down
+    band[:-1] |= down
+    for _ in range(width // 2 - 1):
+        band = _grow(band)
+    out = label.copy()
+    out[band] = 255
+    return out
+
+
+def generated_sample(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise photo with two rectangles of random VOC classes and their mask (with a 255 band)."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    label = np.zeros((height, width), dtype=np.uint8)
+    for cls in rng.choice(np.arange(1, 21), 2, replace=False):
+        y, x = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        label[y:y + height // 3, x:x + width // 3] = cls
+        rgb[y:y + height // 3, x:x + width // 3] = (cls * 12, 255 - cls * 12, 128)
+    return rgb, add_ignore_band(label)
+
+
+def real_sample() -> tuple[np.ndarray, np.ndarray]:
+    """imgviz's VOC photo (375 x 500) with its instance masks merged into a class mask plus a 255 band."""
+    data = imgviz.data.voc()
+    label = np.zeros(data["rgb"].shape[:2], dtype=np.uint8)
+    for cls, instance in zip(data["labels"], data["masks"]):
+        label[instance] = cls
+    return data["rgb"], add_ignore_band(label, width=4)
+
+
+def build_voc_tree(root: Path) -> Path:
+    """root/VOCdevkit/VOC2012 with train (3 generated images) and val (1 generated, 1 real photo)."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    samples = {i: generated_sample(*GENERATED_SIZES[i], seed=n) for n, i in enumerate(GENERATED_SIZES)}
+    samples["voc_sample"] = real_sample()
+    for sample_id, (rgb, label) in samples.items():
+        write_jpeg(voc / "JPEGImages" / f"{sample_id}.jpg", rgb)
+        write_palette_png(voc / "SegmentationClass" / f"{sample_id}.png", label)
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(TRAIN_IDS) + "\n")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(VAL_IDS) + "\n")
+    return root
+
+
+@pytest.fixture
+def voc_root(tmp_path: Path) -> Path:
+    """Folder containing VOCdevkit/VOC2012 (see build_voc_tree)."""
+    return build_voc_tree(tmp_path / "voc")
+
+
+@pytest.fixture
+def voc2012(voc_root: Path) -> Path:
+    """The VOCdevkit/VOC2012 folder inside voc_root."""
+    return voc_root / "VOCdevkit" / "VOC2012"
