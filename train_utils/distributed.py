@@ -118,6 +118,17 @@ def all_gather_objects(obj: Any) -> List[Any]:
     return out
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copies rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    Each rank's last training step updates its BN statistics from its own batch, so without this the ranks
+    would evaluate slightly different models, none of them exactly the checkpoint that rank 0 saves.
+    """
+    if is_dist_avail_and_initialized():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def cleanup() -> None:
     if is_dist_avail_and_initialized():
         dist.destroy_process_group()

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import append_jsonl, append_text, atomic_write, get_rng_state, save_checkpoint, set_rng_state
 from .cli import UsageError
-from .distributed import DistInfo, all_gather_objects, any_rank, barrier, init_distributed_mode
+from .distributed import (DistInfo, all_gather_objects, any_rank, barrier, broadcast_buffers, cleanup,
+                          init_distributed_mode)
 from .lr import create_lr_scheduler, create_optimizer
 from .loss import class_weights_from_counts
 from .options import check_args, default_lr, resolve_output_dir
@@ -97,6 +98,9 @@ def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int) -> P
     if existing and not (args.resume or args.overwrite or restarting):
         raise UsageError(f"--output-dir {out} already holds a run ({', '.join(existing)}); pass --resume auto to "
                          f"continue it, --overwrite to start over, or choose another --output-dir")
+    if existing and args.overwrite and not args.resume:
+        for name in (RESULTS_FILE, METRICS_FILE, LOG_FILE):  # a new run starts new records
+            (out / name).unlink(missing_ok=True)
     free = shutil.disk_usage(out).free
     check_free_space(out, free, est_checkpoint_bytes)
     return out
@@ -405,13 +409,18 @@ def run_training(args: argparse.Namespace) -> int:
         load_resume(training, path, log)
     if info.is_main:
         write_config(out, args, info)
+    log.info(f"command: {' '.join(sys.argv)}")
     log.info(f"run directory {out}: {len(train_set)} training / {len(val_set)} validation images, "
              f"{args.model} with {args.num_classes} classes on {info.device} x {info.world_size}, lr {args.lr:g}")
     opts = TrainOptions(args.num_classes, args.aux_weight, compute_class_weights(args, train_set, log), dtype,
                         scaler, args.clip_grad_norm, args.channels_last, args.print_freq)
-    with StopRequest(log) as stop:
-        opts.should_stop = stop
-        return fit(training, wrap_model(model, args, info, log), train_loader, val_loader, opts, out, log, stop)
+    try:
+        with StopRequest(log) as stop:
+            opts.should_stop = stop
+            return fit(training, wrap_model(model, args, info, log), train_loader, val_loader, opts, out, log,
+                       stop)
+    finally:
+        cleanup()
 
 
 def fit(training: Training, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
@@ -431,6 +440,7 @@ def fit(training: Training, model: nn.Module, train_loader: DataLoader, val_load
             return 128 + stop.signum
         cm = None
         if (args.eval_every and (epoch + 1) % args.eval_every == 0) or epoch + 1 == args.epochs:
+            broadcast_buffers(training.model)
             cm = evaluate(model, val_loader, info.device, args.num_classes, training.class_names, opts.amp_dtype,
                           args.channels_last, desc=f"eval {epoch}")
         s.next_epoch, s.next_step, s.partial_loss = epoch + 1, 0, (0.0, 0)

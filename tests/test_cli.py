@@ -1,0 +1,185 @@
+"""End to end: the four scripts as a user runs them (subprocesses, CPU, tiny images)."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from my_dataset import VOC_PALETTE, make_demo_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--pretrained-backbone", "none", "--base-size", "64", "--crop-size", "64", "-b", "2", "-j", "0",
+        "--print-freq", "1", "--device", "cpu"]
+
+
+def run(*args, check=True, env=None, timeout=300):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=6, num_val=3, size=64)
+
+
+@pytest.fixture(scope="session")
+def trained(demo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "2", *TINY)
+    return out
+
+
+def metrics_lines(out: Path):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def validate_json(demo, weights, tmp_path, *extra):
+    path = tmp_path / "val.json"
+    run("validation.py", "--data-path", demo, "--weights", weights, "--device", "cpu", "-j", "0",
+        "--json", path, "--record", tmp_path / "record_mAP.txt", *extra)
+    return json.loads(path.read_text())
+
+
+def test_run_directory_contents(trained):
+    for name in ("config.yaml", "train.log", "last.pth", "best.pth", "results.txt", "metrics.jsonl"):
+        assert (trained / name).is_file(), name
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    assert config["args"]["epochs"] == 2 and config["args"]["num_classes"] == 5
+    assert config["environment"]["torch"] == str(torch.__version__) and config["environment"]["device"] == "cpu"
+    results = (trained / "results.txt").read_text()
+    assert "[epoch: 0]" in results and "[epoch: 1]" in results and "mean IoU:" in results
+    assert [m["epoch"] for m in metrics_lines(trained)] == [0, 1]
+    ckpt = torch.load(trained / "last.pth", weights_only=True)
+    assert ckpt["model_name"] == "fcn_resnet50" and ckpt["next_epoch"] == 2
+    assert ckpt["class_names"][0] == "background" and len(ckpt["rng"]) == 1
+
+
+def test_validation_matches_training_eval_and_appends(trained, demo, tmp_path):
+    best = max(metrics_lines(trained), key=lambda m: m["mean_iou"])
+    first = validate_json(demo, trained / "best.pth", tmp_path)
+    assert first["single-scale"]["mean_iou"] == pytest.approx(best["mean_iou"], abs=1e-12)
+    assert first["single-scale"]["num_pixels"] == best["num_pixels"]
+    validate_json(demo, trained / "best.pth", tmp_path)
+    record = (tmp_path / "record_mAP.txt").read_text()
+    assert record.count("weights: ") == 2 and record.count("mean IoU:") == 2
+    assert "split: val | images: 3" in record and "red_striped_disc" in record
+
+
+def test_predict_writes_palette_png_at_original_size(trained, demo, tmp_path):
+    image = next((demo / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))
+    big = tmp_path / "photo.jpg"
+    Image.open(image).resize((83, 71)).convert("L").save(big)  # odd size, grayscale: converted to RGB
+    out = tmp_path / "mask.png"
+    result = run("predict.py", "--weights", trained / "best.pth", "--image", big, "--output", out, "--overlay",
+                 "--probs", "--device", "cpu", "--runs", "2")
+    mask = Image.open(out)
+    assert mask.mode == "P" and mask.size == (83, 71)
+    assert mask.getpalette()[:len(VOC_PALETTE)] == VOC_PALETTE[:len(mask.getpalette())]
+    assert np.array(mask).max() < 5
+    assert (tmp_path / "mask_overlay.png").is_file()
+    probs = np.load(tmp_path / "mask_probs.npy")
+    assert probs.shape == (5, 71, 83) and np.allclose(probs.sum(0), 1, atol=1e-2)
+    assert "median" in result.stderr and "mean" in result.stderr
+
+
+def test_predict_folder(trained, demo, tmp_path):
+    images = demo / "VOCdevkit" / "VOC2012" / "JPEGImages"
+    run("predict.py", "--weights", trained / "last.pth", "--image", images, "--output", tmp_path / "out",
+        "--device", "cpu")
+    written = sorted(p.stem for p in (tmp_path / "out").glob("*.png"))
+    assert written == sorted(p.stem for p in images.glob("*.jpg"))
+
+
+def test_resume_auto_continues(trained, demo, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "3", "--resume", "auto", *TINY)
+    assert [m["epoch"] for m in metrics_lines(out)] == [0, 1, 2]
+    assert "resumed from" in (out / "train.log").read_text()
+
+
+def test_existing_run_is_not_overwritten(trained, demo):
+    before = (trained / "last.pth").stat().st_mtime_ns
+    result = run("train.py", "--data-path", demo, "--output-dir", trained, "--epochs", "1", *TINY, check=False)
+    assert result.returncode != 0 and "already holds a run" in result.stderr
+    assert (trained / "last.pth").stat().st_mtime_ns == before
+
+
+def test_yaml_config_overridden_by_flag_and_single_process_multi_gpu_script(demo, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"epochs": 1, "lr": 0.5, "aux": False, "eval-every": 1}))
+    out = tmp_path / "run"
+    result = run("train_multi_GPU.py", "--config", config, "--data-path", demo, "--output-dir", out,
+                 "--lr", "0.01", *TINY)
+    assert "torchrun --nproc_per_node=N" in result.stderr  # the launch hint
+    resolved = yaml.safe_load((out / "config.yaml").read_text())["args"]
+    assert resolved["lr"] == 0.01 and resolved["epochs"] == 1 and resolved["aux"] is False
+
+
+def torchrun(*args, **kwargs):
+    return run("-m", "torch.distributed.run", *args, **kwargs)
+
+
+def test_torchrun_two_processes_match_single_process_validation(demo, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun("--nproc_per_node=2", f"--master_port={free_port()}", "train_multi_GPU.py", "--data-path", demo,
+             "--output-dir", out, "--epochs", "1", *TINY)
+    epoch = metrics_lines(out)[-1]
+    assert yaml.safe_load((out / "config.yaml").read_text())["environment"]["world_size"] == 2
+    single = validate_json(demo, out / "last.pth", tmp_path)["single-scale"]
+    assert single["num_pixels"] == epoch["num_pixels"]
+    assert single["mean_iou"] == pytest.approx(epoch["mean_iou"], abs=1e-12)
+    assert single["iou"] == pytest.approx([v if v is not None else float("nan") for v in epoch["iou"]],
+                                          nan_ok=True)
+
+
+def test_two_node_launch_on_one_machine(demo, tmp_path):
+    out, port = tmp_path / "nodes", free_port()
+    common = ["-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--master_addr=127.0.0.1",
+              f"--master_port={port}"]
+    script = ["train_multi_GPU.py", "--data-path", demo, "--output-dir", out, "--epochs", "1", *TINY]
+    procs = [subprocess.Popen([sys.executable, *common, f"--node_rank={rank}", *map(str, script)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert yaml.safe_load((out / "config.yaml").read_text())["environment"]["world_size"] == 2
+    assert len(metrics_lines(out)) == 1
+
+
+def one_line_error(result, *needles):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_user_errors_are_one_clear_line(trained, demo, tmp_path):
+    one_line_error(run("train.py", "--data-path", tmp_path / "nowhere", "--output-dir", tmp_path / "r", *TINY,
+                       check=False), "VOCdevkit")
+    one_line_error(run("validation.py", "--data-path", demo, "--weights", tmp_path / "missing.pth", check=False),
+                   "missing.pth")
+    one_line_error(run("validation.py", "--data-path", demo, "--weights", trained / "best.pth", "--model",
+                       "fcn8s", check=False), "fcn_resnet50", "--model fcn8s")
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("this is not a picture")
+    one_line_error(run("predict.py", "--weights", trained / "best.pth", "--image", not_image, check=False),
+                   "notes.jpg")
