@@ -85,8 +85,19 @@ def slide_inference(model: nn.Module, images: torch.Tensor, window: IntPair = 51
         return _check_classes(model(images)["out"], num_classes)
     ys, xs = window_starts(height, wh, sh), window_starts(width, ww, sw)
     wh, ww = min(wh, height), min(ww, width)
-    crops = [(i, y, x) for i in range(n) for y in ys for x in xs]
-    channels_last = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last)
+    logits = _sum_windows(model, images, [(i, y, x) for i in range(n) for y in ys for x in xs], (wh, ww),
+                          chunk, num_classes)
+    # The count map is the outer product of the per-axis counts: two in-place divides, no (H, W) copy.
+    logits /= _coverage(height, wh, sh, images.device).to(logits.dtype).view(height, 1)
+    logits /= _coverage(width, ww, sw, images.device).to(logits.dtype).view(1, width)
+    return logits
+
+
+def _sum_windows(model: nn.Module, images: torch.Tensor, crops: List[Tuple[int, int, int]],
+                 size: Tuple[int, int], chunk: int, num_classes: Optional[int]) -> torch.Tensor:
+    """Sum of the window logits at their places, (N, C, H, W); crops are (image index, top, left)."""
+    (wh, ww), (n, _, height, width) = size, images.shape
+    channels_last = images.is_contiguous(memory_format=torch.channels_last)
     logits = None
     for part in _chunks(crops, chunk):
         batch = torch.stack([images[i, :, y:y + wh, x:x + ww] for i, y, x in part])  # (k, 3, wh, ww)
@@ -97,9 +108,6 @@ def slide_inference(model: nn.Module, images: torch.Tensor, window: IntPair = 51
             logits = out.new_zeros((n, out.shape[1], height, width))
         for (i, y, x), o in zip(part, out):
             logits[i, :, y:y + wh, x:x + ww] += o
-    # The count map is the outer product of the per-axis counts: two in-place divides, no (H, W) copy.
-    logits /= _coverage(height, wh, sh, images.device).to(logits.dtype).view(height, 1)
-    logits /= _coverage(width, ww, sw, images.device).to(logits.dtype).view(1, width)
     return logits
 
 
@@ -131,7 +139,7 @@ def tta_inference(model: nn.Module, images: torch.Tensor, scales: Sequence[float
     size = images.shape[-2:]
     probs = None
     for scale in scales:
-        scaled = _resize(images, (round(size[0] * scale), round(size[1] * scale)))
+        scaled = _resize(images, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
         for flipped in (False, True) if flip else (False,):
             x = scaled.flip(-1) if flipped else scaled
             logits = _resize(base(model, x), size)
@@ -184,6 +192,11 @@ class InferenceMode:
         return self.flip or (self.scales is not None and tuple(self.scales) != (1.0,))
 
     @property
+    def returns_probabilities(self) -> bool:
+        """True with scales or flip (softmax averages), False for plain logits."""
+        return self.tta
+
+    @property
     def name(self) -> str:
         label = "whole" if self.mode == "whole" else f"slide {self.window}/{self.stride}"
         if self.scales is not None and tuple(self.scales) != (1.0,):
@@ -234,6 +247,8 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
                        help="windows per forward pass in slide mode (lower it if memory runs out)")
 
 
-def inferer_from_args(args: argparse.Namespace) -> InferenceMode:
-    """The inferer selected by the flags of `add_inference_flags`."""
-    return make_inferer(args.mode, args.window, args.stride, args.scales, args.flip, args.chunk)
+def inferer_from_args(args: argparse.Namespace) -> Optional[InferenceMode]:
+    """The inferer selected by the flags of `add_inference_flags` (validated even when unused), or None
+    for the default plain whole-image forward, so a caller can tell whether anything else was asked for."""
+    infer = make_inferer(args.mode, args.window, args.stride, args.scales, args.flip, args.chunk)
+    return None if infer.mode == "whole" and not infer.tta else infer

@@ -1,0 +1,66 @@
+"""Measures time and peak memory of predicting one large photo on the CPU, e.g. whole image vs sliding window.
+
+    python tools/check_large_image.py --model fcn_resnet50 --mode slide        # 3000x4000, windows 512/341
+    python tools/check_large_image.py --model fcn_resnet50 --mode whole        # the same in one forward pass
+
+Random weights and a random image: time and memory do not depend on the values. The peak is the growth of
+the process's maximum resident set size (ru_maxrss) over the prediction; run one mode per process, since
+that maximum never goes down.
+"""
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
+from src import MODELS, build_model  # noqa: E402
+from train_utils.cli import add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
+from train_utils.inference import add_inference_flags, inferer_from_args, make_inferer, window_starts  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", choices=list(MODELS), default="fcn_resnet50", help="architecture")
+    parser.add_argument("--num-classes", type=positive_int, default=21, help="output classes")
+    parser.add_argument("--height", type=positive_int, default=3000, help="image height in pixels")
+    parser.add_argument("--width", type=positive_int, default=4000, help="image width in pixels")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    add_inference_flags(parser)
+    add_config_flags(parser)
+    return parse_with_config(parser, argv)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    infer = inferer_from_args(args) or make_inferer()  # None means the plain whole-image forward
+    model = build_model(args.model, num_classes=args.num_classes, aux=False).eval()
+    images = torch.randn(1, 3, args.height, args.width)
+    windows = ""
+    if args.mode == "slide":
+        count = len(window_starts(args.height, args.window, args.stride)) * \
+            len(window_starts(args.width, args.window, args.stride))
+        windows = f", {count} windows of {args.window}px in chunks of {args.chunk}"
+    result_mb = args.num_classes * args.height * args.width * 4 / 2**20
+    print(f"{args.model}, {infer.name}, 1x3x{args.height}x{args.width}{windows}; "
+          f"the float32 result alone is {result_mb:.0f} MB")
+    before, start = peak_rss_mb(), time.perf_counter()
+    with torch.inference_mode():
+        out = infer(model, images)
+    elapsed, grown = time.perf_counter() - start, peak_rss_mb() - before
+    print(f"output {tuple(out.shape)} in {elapsed:.1f} s; peak RSS grew by {grown:.0f} MB "
+          f"({grown - result_mb:.0f} MB beyond the result)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, parse_args())

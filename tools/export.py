@@ -1,0 +1,235 @@
+"""Exports a trained FCN to TorchScript and ONNX, then checks each export against PyTorch at another size.
+
+    python tools/export.py --weights run/best.pth --output-dir export/
+    python tools/export.py --weights fcn8s.pth --model fcn8s --num-classes 21 --output-dir export/ --format onnx
+
+The exported models take a normalised float image (1, 3, H, W) (ImageNet mean/std, train_utils.constants)
+of any height and width and return the logits (1, C, H, W); the argmax over C is the label map. The aux head
+is dropped: it only adds a training signal. ONNX needs `pip install onnx onnxruntime` (and onnxscript for
+torch's default exporter; without it the older TorchScript-based exporter is used).
+"""
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
+from src import AUX_MODELS, MODELS, build_model, load_model_weights, read_checkpoint  # noqa: E402
+from src.weights import extract_state_dict  # noqa: E402
+from train_utils.cli import add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
+
+FORMATS = ("torchscript", "onnx")
+# Largest allowed |export - PyTorch| as a fraction of max(1, largest |logit|). Another runtime's float32
+# kernels sum in another order: through ~50 layers that moves logits by ~1e-6 of their scale (2e-6 measured
+# for ONNX Runtime on fcn_resnet50). Real export bugs (a size frozen at trace time, another interpolation,
+# a missing layer) move them by a large fraction of it, so 1e-4 separates the two with margin both ways.
+TOLERANCE = 1e-4
+MIN_SIZE = 32  # the ONNX export declares H, W >= 32: below that the 1/8 feature map is a few pixels
+
+Runner = Callable[[torch.Tensor], np.ndarray]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--weights", required=True, help="checkpoint from train.py, or a raw state dict")
+    parser.add_argument("--output-dir", default="export", help="folder for model.torchscript.pt and model.onnx")
+    parser.add_argument("--format", nargs="+", choices=FORMATS, default=None,
+                        help="what to write; default: torchscript, plus onnx when the onnx package is installed")
+    parser.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version")
+    parser.add_argument("--size", type=positive_int, default=512,
+                        help=f"square input size used to trace the model (>= {MIN_SIZE}); the exports accept "
+                             f"any size and are checked at a different one")
+    parser.add_argument("--model", choices=list(MODELS), default=None,
+                        help="architecture; needed for a raw state dict (our checkpoints record it)")
+    parser.add_argument("--num-classes", type=positive_int, default=None,
+                        help="output classes, background included; needed for a raw state dict")
+    add_config_flags(parser)
+    return parse_with_config(parser, argv)
+
+
+class LogitsOnly(nn.Module):
+    """model(x)["out"]: exporters want a tensor output, not a dict."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)["out"]
+
+
+def resolve_architecture(checkpoint: object, model: Optional[str], num_classes: Optional[int],
+                         path: str) -> Tuple[str, int]:
+    """Model name and class count from our checkpoint's record, or from --model/--num-classes."""
+    record = checkpoint if isinstance(checkpoint, dict) and "model_name" in checkpoint else {}
+    name, classes = record.get("model_name", model), record.get("num_classes", num_classes)
+    if name is None or classes is None:
+        raise ValueError(f"{path}: a raw state dict does not say its architecture; pass --model and --num-classes")
+    for flag, given, saved in (("--model", model, name), ("--num-classes", num_classes, classes)):
+        if given is not None and given != saved:
+            raise ValueError(f"{flag} {given} contradicts {path}, which holds {saved}; drop {flag}")
+    return str(name), int(classes)
+
+
+def load_for_export(path: str, model: Optional[str], num_classes: Optional[int]) -> Tuple[nn.Module, str]:
+    """The checkpoint's model in eval mode without its aux head, and a one-line description."""
+    checkpoint = read_checkpoint(path)
+    name, classes = resolve_architecture(checkpoint, model, num_classes, path)
+    # Built with the aux head when the file has one, so that a strict load proves every tensor matched.
+    keys = extract_state_dict(checkpoint, path)
+    has_aux = name in AUX_MODELS and any(k.startswith("aux_classifier.") for k in keys)
+    net = build_model(name, num_classes=classes, aux=has_aux)
+    load_model_weights(net, path, strict=True)  # reads the file again, for its clear mismatch message
+    if getattr(net, "aux_classifier", None) is not None:
+        net.aux_classifier = None
+    return net.eval(), f"{name}, {classes} classes" + (" (aux head dropped)" if has_aux else "")
+
+
+def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> Runner:
+    """Traces `module` (shapes are read at run time, so H and W stay free) and returns a runner of the file."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated")  # still the TorchScript API
+        with torch.no_grad():
+            # check_trace would rerun at the same size; check_export tests another size instead.
+            torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path))
+        loaded = torch.jit.load(str(path))
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return loaded(x).numpy()
+    return run
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
+    """Writes `path` with dynamic height and width; returns which exporter did it."""
+    try:
+        import onnxscript  # noqa: F401  (torch's default exporter is written in it)
+    except ImportError:
+        # The TorchScript-based exporter needs only onnx; it is deprecated, so it is the fallback.
+        axes = {2: "height", 3: "width"}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")  # chosen knowingly
+            torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["out"],
+                              opset_version=opset, dynamo=False, dynamic_axes={"image": axes, "out": axes})
+        return "TorchScript-based exporter"
+    dims = {2: torch.export.Dim("height", min=MIN_SIZE), 3: torch.export.Dim("width", min=MIN_SIZE)}
+    torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["out"],
+                      opset_version=opset, dynamo=True, dynamic_shapes=(dims,), external_data=False, verbose=False)
+    return "torch.export-based exporter"
+
+
+def onnx_opset(path: Path) -> int:
+    """The default-domain opset written into the file (the exporter may keep a newer one than asked)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def onnx_runner(path: Path) -> Optional[Runner]:
+    """An onnxruntime runner of `path`; without onnxruntime, runs onnx.checker and returns None."""
+    try:
+        import onnxruntime
+    except ImportError:
+        import onnx
+
+        onnx.checker.check_model(str(path))
+        print("onnx: onnx.checker passed; no numerical check without onnxruntime (pip install onnxruntime)")
+        return None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {input_name: x.numpy()})[0]
+
+
+def relative_error(output: np.ndarray, reference: np.ndarray) -> float:
+    """max |output - reference| / max(1, max |reference|), for outputs of the same shape."""
+    return float(np.abs(output - reference).max() / max(1.0, float(np.abs(reference).max())))
+
+
+def check_export(fmt: str, run: Runner, image: torch.Tensor, reference: np.ndarray) -> bool:
+    """Runs an export on `image`, prints its difference from PyTorch's `reference`; True within TOLERANCE."""
+    size = "x".join(map(str, image.shape[-2:]))
+    try:
+        output = np.asarray(run(image))
+    except Exception as e:  # any runtime's refusal (e.g. a shape frozen at trace time) is a failed check
+        print(f"{fmt}: fails at {size}: {type(e).__name__}: {str(e).strip().splitlines()[0]}: MISMATCH")
+        return False
+    if output.shape != reference.shape:
+        print(f"{fmt}: output shape {output.shape} at {size}, PyTorch gives {reference.shape}: MISMATCH")
+        return False
+    error = relative_error(output, reference)
+    diff = float(np.abs(output - reference).max())
+    verdict = "ok" if error <= TOLERANCE else f"MISMATCH (tolerance {TOLERANCE:g} relative)"
+    print(f"{fmt}: max abs diff vs PyTorch at {size}: {diff:.3g} (logits up to {np.abs(reference).max():.3g}, "
+          f"relative {error:.3g}) {verdict}")
+    return error <= TOLERANCE
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def chosen_formats(requested: Optional[List[str]]) -> List[str]:
+    """--format, or the default: TorchScript, plus ONNX when onnx is installed (else a note, no failure)."""
+    if requested is not None:
+        if "onnx" in requested and not onnx_available():
+            raise ValueError("--format onnx needs the onnx package: pip install onnx onnxruntime "
+                             "(or leave onnx out of --format)")
+        return list(dict.fromkeys(requested))
+    if onnx_available():
+        return list(FORMATS)
+    print("onnx: skipped, the onnx package is not installed; pip install onnx onnxruntime to export ONNX too")
+    return ["torchscript"]
+
+
+def export(fmt: str, module: nn.Module, example: torch.Tensor, out_dir: Path, opset: int) -> Optional[Runner]:
+    """Writes one format; returns a runner of the written file, or None when it cannot be run here."""
+    if fmt == "torchscript":
+        path = out_dir / "model.torchscript.pt"
+        run = export_torchscript(module, example, path)
+        print(f"wrote {path}")
+        return run
+    path = out_dir / "model.onnx"
+    exporter = export_onnx(module, example, path, opset)
+    print(f"wrote {path} (opset {onnx_opset(path)}, {exporter})")
+    return onnx_runner(path)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.size < MIN_SIZE:
+        raise ValueError(f"--size must be at least {MIN_SIZE}, got {args.size}")
+    formats = chosen_formats(args.format)
+    model, description = load_for_export(args.weights, args.model, args.num_classes)
+    print(f"loaded {args.weights}: {description}")
+    module = LogitsOnly(model).eval()
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(1, 3, args.size, args.size, generator=generator)
+    # A non-square size unlike the traced one: a height or width frozen into the graph shows up here.
+    image = torch.randn(1, 3, args.size + 32, args.size + 64, generator=generator)
+    with torch.no_grad():
+        reference = module(image).numpy()
+    ok = True
+    for fmt in formats:
+        run = export(fmt, module, example, out_dir, args.opset)
+        if run is not None:
+            ok = check_export(fmt, run, image, reference) and ok
+    if not ok:
+        print("error: an exported model does not match PyTorch (see above); do not deploy it", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main, parse_args())
