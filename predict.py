@@ -96,11 +96,13 @@ def timed_predict(model, image, device, infer, amp, runs: int) -> Tuple[torch.Te
 
 
 def overlay(photo: np.ndarray, mask: np.ndarray, class_names: List[str], alpha: float = 0.5) -> Image.Image:
-    """The photo blended with the VOC colours of `mask`, with a legend of the classes present."""
+    """The photo blended with the VOC colours of `mask` (background, class 0, left as is), with a legend of
+    the classes present."""
     from my_dataset import VOC_PALETTE
 
     palette = np.array(VOC_PALETTE, dtype=np.uint8).reshape(-1, 3)
-    blended = (photo * (1 - alpha) + palette[mask] * alpha).astype(np.uint8)
+    weight = np.where(mask[..., None] > 0, alpha, 0.0)
+    blended = (photo * (1 - weight) + palette[mask] * weight).astype(np.uint8)
     present = [int(c) for c in np.unique(mask)]
     font = ImageFont.load_default()
     row = 16
