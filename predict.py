@@ -23,11 +23,12 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from src import model_from_checkpoint
+from src.fuse import prepare_for_inference
 from train_utils.cli import add_config_flags, non_negative_int, parse_with_config, positive_int, run_main
 from train_utils.distributed import resolve_device
 from train_utils.inference import add_inference_flags, inferer_from_args
 from train_utils.options import MODEL_NAMES
-from train_utils.train_eval import autocast, prepare_images, whole_image
+from train_utils.train_eval import autocast, fast_amp_dtype, prepare_images, whole_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -47,7 +48,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, choices=MODEL_NAMES, help="architecture for raw state dicts")
     parser.add_argument("--num-classes", type=positive_int, default=None, help="default: from the checkpoint")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="reduced-precision autocast (default: bf16 where the device runs it natively; "
+                             "--no-amp for fp32)")
     parser.add_argument("--runs", type=positive_int, default=1, help="timed passes per image (after warm-up)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed passes on the first image")
     add_inference_flags(parser)
@@ -79,7 +82,7 @@ def sync(device: torch.device) -> None:
 @torch.inference_mode()
 def predict(model: torch.nn.Module, image: torch.Tensor, device: torch.device, infer, amp) -> torch.Tensor:
     """(3, H, W) uint8 -> scores (C, H, W) at the image's size (logits, or probabilities under TTA)."""
-    x = prepare_images(image[None], device)
+    x = prepare_images(image[None], device, channels_last=True)
     with autocast(device, amp):
         return infer(model, x)[0].float()
 
@@ -128,14 +131,13 @@ def main(args: argparse.Namespace) -> int:
     images = list_images(Path(args.image))
     device = resolve_device(args.device)
     loaded = model_from_checkpoint(args.weights, args.model, args.num_classes)
-    model = loaded.model
-    if getattr(model, "aux_classifier", None) is not None:
-        model.aux_classifier = None  # not needed for predictions
-    model.eval().to(device)
+    model = prepare_for_inference(loaded.model, device, channels_last=True)
     names = loaded.class_names or (load_class_names(Path(__file__).with_name("pascal_voc_classes.json"))
                                    if loaded.num_classes == 21 else [str(i) for i in range(loaded.num_classes)])
     infer = inferer_from_args(args) or whole_image
-    amp = torch.bfloat16 if args.amp else None
+    amp = fast_amp_dtype(device) if args.amp is not False else None
+    if args.amp and amp is None:
+        amp = torch.bfloat16  # asked for explicitly: emulated where the device has no native support
     if args.warmup:
         first = read_image(images[0])
         for _ in range(args.warmup):
@@ -157,7 +159,8 @@ def main(args: argparse.Namespace) -> int:
         if len(images) == 1:
             present = ", ".join(_name(names, int(c)) for c in np.unique(mask))
             print(f"{path} -> {out} ({mask.shape[1]}x{mask.shape[0]}; classes: {present})")
-    print(f"inference time over {len(all_times)} passes on {device}: mean {statistics.mean(all_times) * 1000:.1f} ms, "
+    precision = "fp32" if amp is None else str(amp).replace("torch.", "")
+    print(f"inference time ({precision}) over {len(all_times)} passes on {device}: mean {statistics.mean(all_times) * 1000:.1f} ms, "
           f"median {statistics.median(all_times) * 1000:.1f} ms", file=sys.stderr)
     if len(images) > 1:
         print(f"wrote {len(images)} masks to {Path(args.output or 'predictions')}")

@@ -335,3 +335,26 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
 def test_aux_models_constant():
     assert AUX_MODELS == ("fcn_resnet50", "fcn_resnet101")
+
+
+def test_fold_batchnorm_keeps_the_function():
+    from src.fuse import fold_batchnorm, prepare_for_inference
+
+    torch.manual_seed(0)
+    model = build_model("fcn_resnet50", num_classes=4).eval()
+    for module in model.modules():  # non-trivial statistics and affine parameters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        expected = model(x)["out"]
+        with pytest.raises(ValueError, match="eval mode"):
+            fold_batchnorm(build_model("fcn_resnet50", num_classes=4).train())
+        fast = prepare_for_inference(model, torch.device("cpu"), channels_last=True)
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    assert list(got) == ["out"]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    torch.testing.assert_close(got["out"], expected, rtol=1e-4, atol=1e-4)

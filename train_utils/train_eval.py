@@ -36,6 +36,19 @@ def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> contextl
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+def fast_amp_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype this device runs fastest with: bf16 on GPUs that have it (fp16 on older ones)
+    and on CPUs with native bf16 support (oneDNN), None (fp32) elsewhere."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        try:
+            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+        except (AttributeError, RuntimeError):  # a build without oneDNN
+            return None
+    return None
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the message names the epoch and the iteration."""
 
