@@ -65,6 +65,10 @@ def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800) -
                 raise ValueError(f"{var} is not set: launch with torchrun, or export MASTER_ADDR/MASTER_PORT "
                                  f"for srun")
         backend = "nccl" if dev.type == "cuda" else "gloo"
+        if backend == "gloo":
+            # Connect gloo pairs on first use rather than all at once in init: the eager full-mesh connect
+            # raced with the restarted peers of an elastic restart (connection refused, the restart lost).
+            os.environ.setdefault("TORCH_GLOO_LAZY_INIT", "1")
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s), **kwargs)

@@ -76,6 +76,8 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
       help="resume a run from a checkpoint; auto = last.pth in --output-dir if present")
     p("--overwrite", action="store_true",
       help="start a new run in an --output-dir that already holds one (its checkpoints get replaced)")
+    p("--stop-after-epochs", type=positive_int, default=None,
+      help="exit (resumable, with --resume auto) after this many epochs of this invocation: for job time limits")
     p("--output-dir", default=None, help="run directory (default: runs/<model>_<dataset>)")
     p("--seed", type=non_negative_int, default=0, help="random seed")
     p("--print-freq", type=positive_int, default=10, help="iterations between loss prints (and host syncs)")

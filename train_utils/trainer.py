@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -42,9 +43,8 @@ def ignore_signals_in_worker(_: int) -> None:
 class StopRequest:
     """Turns the first SIGINT/SIGTERM into a request to stop at the next safe point (a second SIGINT aborts)."""
 
-    def __init__(self, log: logging.Logger) -> None:
+    def __init__(self) -> None:
         self.signum: Optional[int] = None
-        self.log = log
         self._previous = {}
 
     def __enter__(self) -> "StopRequest":
@@ -60,8 +60,9 @@ class StopRequest:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        self.log.warning(f"{signal.Signals(signum).name} received: saving a checkpoint at the next print "
-                         f"interval, then stopping (Ctrl-C again aborts at once)")
+        # os.write, not logging: a handler may run while the logging lock is held.
+        os.write(2, f"\n{signal.Signals(signum).name} received: saving a checkpoint at the next print interval, "
+                    f"then stopping (Ctrl-C again aborts at once)\n".encode())
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -170,7 +171,10 @@ def build_datasets(args: argparse.Namespace):
 def loader_kwargs(args: argparse.Namespace, info: DistInfo) -> Dict[str, Any]:
     from my_dataset import collate_fn
 
-    kwargs = {"num_workers": args.workers, "collate_fn": collate_fn, "pin_memory": info.device.type == "cuda"}
+    # A private generator for the workers' base seed: drawing it from the global generator would make the
+    # dropout stream depend on when loaders are (re)created, and break exact resume.
+    kwargs = {"num_workers": args.workers, "collate_fn": collate_fn, "pin_memory": info.device.type == "cuda",
+              "generator": torch.Generator().manual_seed(args.seed)}
     if args.workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=ignore_signals_in_worker)
     return kwargs
@@ -344,11 +348,37 @@ def load_resume(training: Training, path: Path, log: logging.Logger) -> None:
         raise UsageError(f"{path}: cannot resume from it ({str(e).splitlines()[0]}); is it a checkpoint of "
                          f"this run?") from None
     s = training.state
+    if training.info.is_main:
+        rewind_records(Path(training.args.output_dir), s.next_epoch)
     log.info(f"resumed from {path}: epoch {s.next_epoch}, iteration {s.next_step}, best mIoU "
              f"{s.best_miou * 100:.1f}")
 
 
 # ------------------------------------------------------------------------------------------------ records
+
+def rewind_records(out: Path, next_epoch: int) -> None:
+    """Drops record entries of epochs >= `next_epoch`: a run killed after recording an epoch but before its
+    checkpoint landed redoes that epoch on resume, and must not record it twice."""
+    metrics = out / METRICS_FILE
+    if metrics.exists():
+        lines = [ln for ln in metrics.read_text().splitlines(keepends=True) if ln.strip()]
+        kept = [ln for ln in lines if _json_epoch(ln) is not None and _json_epoch(ln) < next_epoch]
+        if kept != lines:
+            atomic_write(metrics, lambda f: f.write("".join(kept).encode()))
+    results = out / RESULTS_FILE
+    if results.exists():
+        blocks = re.split(r"(?m)^(?=\[epoch: )", results.read_text())
+        kept = [b for b in blocks if b and int(re.match(r"\[epoch: (\d+)\]", b).group(1)) < next_epoch]
+        if len(kept) != len([b for b in blocks if b]):
+            atomic_write(results, lambda f: f.write("".join(kept).encode()))
+
+
+def _json_epoch(line: str) -> Optional[int]:
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
 
 def record_epoch(out: Path, epoch: int, result: EpochResult, cm, elapsed: float) -> Dict[str, Any]:
     """Appends the reference-style block to results.txt and a JSON line to metrics.jsonl."""
@@ -415,7 +445,7 @@ def run_training(args: argparse.Namespace) -> int:
     opts = TrainOptions(args.num_classes, args.aux_weight, compute_class_weights(args, train_set, log), dtype,
                         scaler, args.clip_grad_norm, args.channels_last, args.print_freq)
     try:
-        with StopRequest(log) as stop:
+        with StopRequest() as stop:
             opts.should_stop = stop
             return fit(training, wrap_model(model, args, info, log), train_loader, val_loader, opts, out, log,
                        stop)
@@ -426,6 +456,7 @@ def run_training(args: argparse.Namespace) -> int:
 def fit(training: Training, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         opts: TrainOptions, out: Path, log: logging.Logger, stop: StopRequest) -> int:
     args, info, s = training.args, training.info, training.state
+    first_epoch = s.next_epoch
     for epoch in range(s.next_epoch, args.epochs):
         start = time.perf_counter()
         train_loader.sampler.set_epoch(epoch, s.next_step)
@@ -434,10 +465,7 @@ def fit(training: Training, model: nn.Module, train_loader: DataLoader, val_load
         if result.interrupted:
             s.next_step, s.partial_loss = s.next_step + result.steps, (result.loss_sum, result.total_steps)
             training.save(out, ["last.pth"])
-            name = signal.Signals(stop.signum).name
-            log.warning(f"stopped by {name} at epoch {epoch}, iteration {s.next_step}: saved {out / 'last.pth'}; "
-                        f"continue with --resume auto")
-            return 128 + stop.signum
+            return stopped(stop, f"at epoch {epoch}, iteration {s.next_step}", out, log)
         cm = None
         if (args.eval_every and (epoch + 1) % args.eval_every == 0) or epoch + 1 == args.epochs:
             broadcast_buffers(training.model)
@@ -447,16 +475,26 @@ def fit(training: Training, model: nn.Module, train_loader: DataLoader, val_load
         line = record_epoch(out, epoch, result, cm, time.perf_counter() - start) if info.is_main else {}
         names = ["last.pth"]
         if cm is not None:
-            miou = cm.metrics()["mean_iou"]
-            log.info(f"epoch {epoch}: train loss {result.loss:.4f}, mIoU {miou * 100:.1f}, "
-                     f"pixel acc {cm.metrics()['pixel_acc'] * 100:.1f}, {result.images_per_s:.1f} img/s")
-            if miou > s.best_miou:
-                s.best_miou, s.best_epoch = miou, epoch
+            m = cm.metrics()
+            log.info(f"epoch {epoch}: train loss {result.loss:.4f}, mIoU {m['mean_iou'] * 100:.1f}, "
+                     f"pixel acc {m['pixel_acc'] * 100:.1f}, {result.images_per_s:.1f} img/s")
+            if m["mean_iou"] > s.best_miou:
+                s.best_miou, s.best_epoch = m["mean_iou"], epoch
                 names.append("best.pth")
         training.save(out, names, metrics=line or None)
         if any_rank([stop()], info.device)[0]:
-            log.warning(f"stopped by {signal.Signals(stop.signum).name} after epoch {epoch}: saved "
-                        f"{out / 'last.pth'}; continue with --resume auto")
-            return 128 + stop.signum
+            return stopped(stop, f"after epoch {epoch}", out, log)
+        if args.stop_after_epochs and epoch + 1 - first_epoch >= args.stop_after_epochs and epoch + 1 < args.epochs:
+            log.info(f"stopping after {args.stop_after_epochs} epoch(s) (--stop-after-epochs): continue with "
+                     f"--resume auto")
+            return 0
     log.info(f"done: best mIoU {s.best_miou * 100:.1f} at epoch {s.best_epoch}; checkpoints in {out}")
     return 0
+
+
+def stopped(stop: StopRequest, where: str, out: Path, log: logging.Logger) -> int:
+    """Logs a signal stop and returns the conventional exit code 128 + signal number."""
+    signum = stop.signum or signal.SIGTERM  # another rank may have received it
+    log.warning(f"stopped by {signal.Signals(signum).name} {where}: saved {out / 'last.pth'}; continue with "
+                f"--resume auto")
+    return 128 + signum
