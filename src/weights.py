@@ -4,7 +4,6 @@ Everything is read with `torch.load(..., weights_only=True)`: a checkpoint from 
 that runs code, and this refuses it.
 """
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -29,15 +28,14 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
         raise FileNotFoundError(f"{path}: no such checkpoint file; check the path")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
+    except Exception as e:  # the unpickler raises anything (IndexError, KeyError, ...) on garbage bytes
+        culprit = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "global" in line), None)
+        if isinstance(e, pickle.UnpicklingError) and culprit:
+            raise ValueError(f"{path}: refused by weights_only=True loading: it references Python objects beyond "
+                             f"tensors and plain containers, which could run code ({culprit}); use a checkpoint "
+                             f"of plain tensors from a source you trust") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"{path}: refused by weights_only=True loading (the file holds Python objects other than "
-            f"tensors and plain containers, possibly code): {first}. Use a checkpoint of plain tensors"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first[:200]}") from None
 
 
 def extract_state_dict(obj: Any, path: Union[str, Path] = "<checkpoint>") -> Dict[str, torch.Tensor]:

@@ -35,9 +35,9 @@ CONFIG_FILE = "config.yaml"
 
 
 def ignore_signals_in_worker(_: int) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops the run cleanly."""
+    """A Ctrl-C reaches the whole process group: DataLoader workers leave it to the main process, which
+    stops the run cleanly. (SIGTERM keeps its default: it is how the loader shuts its workers down.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StopRequest:
@@ -336,12 +336,13 @@ def load_resume(training: Training, path: Path, log: logging.Logger) -> None:
     from src import read_checkpoint
 
     ckpt = read_checkpoint(path)
-    for key in ("model_name", "num_classes"):
-        saved, now = ckpt.get(key), getattr(training.args, "model" if key == "model_name" else key)
-        if saved is not None and saved != now:
-            flag = "--model" if key == "model_name" else "--num-classes"
-            raise UsageError(f"{path}: checkpoint of {key.replace('_', ' ')} {saved}, but this run has {flag} "
-                             f"{now}; use the same settings or another --output-dir")
+    args = training.args
+    if ckpt.get("model_name", args.model) != args.model:
+        raise UsageError(f"{path}: checkpoint of model {ckpt['model_name']}, but this run has --model {args.model}; "
+                         f"use the same settings or another --output-dir")
+    if ckpt.get("num_classes", args.num_classes) != args.num_classes:
+        raise UsageError(f"{path}: checkpoint of {ckpt['num_classes']} classes, but this run has {args.num_classes} "
+                         f"(--num-classes / the dataset); use the same settings or another --output-dir")
     try:
         training.restore(ckpt, log)
     except (KeyError, RuntimeError, ValueError) as e:
