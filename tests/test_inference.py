@@ -339,7 +339,9 @@ MEMORY_SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     model = Tiny().eval()
     images = torch.randn(1, 3, 3000, 4000)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The current RSS, not the peak so far: a transient peak while importing would hide the growth.
+    with open("/proc/self/status") as f:
+        before = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     with torch.inference_mode():
         if sys.argv[1] == "slide":
             out = slide_inference(model, images, window=512, stride=341, chunk=4)
