@@ -2,7 +2,7 @@
 import argparse
 from typing import Optional
 
-from .cli import (UsageError, add_config_flags, non_negative_float, non_negative_int, positive_float,
+from .cli import (HelpFormatter, UsageError, add_config_flags, non_negative_float, non_negative_int, positive_float,
                   positive_int)
 
 MODEL_NAMES = ("fcn_resnet50", "fcn_resnet101", "fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
@@ -29,7 +29,7 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_config_flags(parser)
     add_data_flags(parser)
     p = parser.add_argument
