@@ -2,10 +2,12 @@
 import argparse
 from typing import Optional
 
+from src import MODELS
+
 from .cli import (HelpFormatter, UsageError, add_config_flags, non_negative_float, non_negative_int, positive_float,
                   positive_int)
 
-MODEL_NAMES = ("fcn_resnet50", "fcn_resnet101", "fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
+MODEL_NAMES = tuple(MODELS)
 DATASETS = ("voc", "voc-aug", "folder")
 # The reference recipe: lr 0.02 for a global batch of 32 (4 images x 8 GPUs); scaled linearly otherwise.
 REFERENCE_LR, REFERENCE_BATCH = 0.02, 32
