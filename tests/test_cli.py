@@ -183,3 +183,14 @@ def test_user_errors_are_one_clear_line(trained, demo, tmp_path):
     not_image.write_text("this is not a picture")
     one_line_error(run("predict.py", "--weights", trained / "best.pth", "--image", not_image, check=False),
                    "notes.jpg")
+
+
+def test_validation_under_torchrun_equals_one_process(trained, demo, tmp_path):
+    single = validate_json(demo, trained / "best.pth", tmp_path)["single-scale"]
+    out = tmp_path / "ddp.json"
+    torchrun("--nproc_per_node=2", f"--master_port={free_port()}", "validation.py", "--data-path", demo,
+             "--weights", trained / "best.pth", "--device", "cpu", "-j", "0", "--json", out,
+             "--record", tmp_path / "ddp_record.txt")
+    ddp = json.loads(out.read_text())["single-scale"]
+    assert ddp["num_pixels"] == single["num_pixels"] and ddp["iou"] == single["iou"]
+    assert (tmp_path / "ddp_record.txt").read_text().count("mean IoU:") == 1  # written once, by rank 0
