@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from src import model_from_checkpoint
-from train_utils.checkpoint import append_text, atomic_write
+from train_utils.checkpoint import append_text, atomic_write, nan_to_none
 from train_utils.cli import HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
 from train_utils.distributed import cleanup, init_distributed_mode
 from train_utils.inference import add_inference_flags, inferer_from_args
@@ -131,7 +131,7 @@ def report(args: argparse.Namespace, name: str, num_images: int, results: Dict[s
     if args.json:
         data = {"weights": args.weights, "model": name, "split": args.split, "images": num_images,
                 **{label: cm.metrics() for label, cm in results.items()}}
-        atomic_write(Path(args.json), lambda f: f.write(json.dumps(data, indent=2).encode()))
+        atomic_write(Path(args.json), lambda f: f.write(json.dumps(nan_to_none(data), indent=2).encode()))
 
 
 if __name__ == "__main__":

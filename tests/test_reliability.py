@@ -25,9 +25,23 @@ def demo(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=6, num_val=2, size=64)
 
 
-def start_training(demo, out, *extra, module=("train.py",)):
-    cmd = [sys.executable, *module, "--data-path", str(demo), "--output-dir", str(out), *FAST, *map(str, extra)]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def start_training(demo):
+    """Starts a training run in its own process group; whatever is left of it is killed after the test."""
+    procs = []
+
+    def start(out, *extra, module=("train.py",)):
+        cmd = [sys.executable, *module, "--data-path", str(demo), "--output-dir", str(out), *FAST,
+               *map(str, extra)]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
 
 def wait_for(predicate, timeout=240, interval=0.05):
@@ -53,9 +67,9 @@ def assert_records_parse(out: Path) -> None:
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_saves_a_resumable_checkpoint(demo, tmp_path, sig, code):
+def test_signal_saves_a_resumable_checkpoint(demo, tmp_path, start_training, sig, code):
     out = tmp_path / "run"
-    proc = start_training(demo, out, "--epochs", "3")
+    proc = start_training(out, "--epochs", "3")
     wait_for(lambda: log_has(out, "epoch 1 [1/"))  # mid-way through epoch 1
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
@@ -68,9 +82,9 @@ def test_signal_saves_a_resumable_checkpoint(demo, tmp_path, sig, code):
     assert_records_parse(out)
 
 
-def test_kill_9_while_writing_a_checkpoint(demo, tmp_path):
+def test_kill_9_while_writing_a_checkpoint(demo, tmp_path, start_training):
     out = tmp_path / "run"
-    proc = start_training(demo, out, "--epochs", "4")
+    proc = start_training(out, "--epochs", "4")
     # Wait until a checkpoint is being written (its temporary file exists) with an older one in place.
     wait_for(lambda: (out / "last.pth").exists() and any(out.glob(".last.pth.*.tmp")), interval=0.001)
     proc.kill()
@@ -103,9 +117,9 @@ def _worker_pids(torchrun_pid: int):
     return [int(p) for p in result.stdout.split()]
 
 
-def test_elastic_restart_resumes_after_a_worker_dies(demo, tmp_path):
+def test_elastic_restart_resumes_after_a_worker_dies(demo, tmp_path, start_training):
     out = tmp_path / "elastic"
-    proc = start_training(demo, out, "--epochs", "3", module=(
+    proc = start_training(out, "--epochs", "3", module=(
         "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1", "--rdzv-backend=c10d",
         f"--rdzv-endpoint=127.0.0.1:{free_port()}",
         "train_multi_GPU.py"))

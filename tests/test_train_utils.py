@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from train_utils import (ConfusionMatrix, EvalBatchSampler, NonFiniteLossError, SeededDataset, TrainOptions,
                          TrainSampler, append_jsonl, append_text, atomic_write, create_lr_scheduler, evaluate,
                          get_rng_state, save_checkpoint, set_rng_state, train_one_epoch)
-from train_utils.checkpoint import _nan_to_none
+from train_utils.checkpoint import nan_to_none
 
 
 # ------------------------------------------------------------------------------------------------ samplers
@@ -106,7 +106,7 @@ def test_append_text_and_jsonl(tmp_path):
 
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert lines == [{"epoch": 0, "iou": [0.5, None]}, {"epoch": 1}]
-    assert _nan_to_none({"a": (math.nan, 1.0)}) == {"a": [None, 1.0]}
+    assert nan_to_none({"a": (math.nan, 1.0)}) == {"a": [None, 1.0]}
 
 
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path):

@@ -87,16 +87,17 @@ def append_text(path: Union[str, Path], text: str) -> None:
 
 def append_jsonl(path: Union[str, Path], record: Dict[str, Any]) -> None:
     """Appends one JSON line (NaN written as null, so every line parses as strict JSON)."""
-    append_text(path, json.dumps(_nan_to_none(record), sort_keys=False) + "\n")
+    append_text(path, json.dumps(nan_to_none(record), sort_keys=False) + "\n")
 
 
-def _nan_to_none(obj: Any) -> Any:
+def nan_to_none(obj: Any) -> Any:
+    """NaN floats (anywhere in dicts, lists, tuples) to None, so that json.dumps writes strict JSON."""
     if isinstance(obj, float) and obj != obj:
         return None
     if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
+        return {k: nan_to_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
+        return [nan_to_none(v) for v in obj]
     return obj
 
 
