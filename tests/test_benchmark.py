@@ -1,0 +1,161 @@
+"""tools/benchmark.py as a user runs it: one tiny CPU run per mode, so the tool cannot rot, and bad input.
+
+No assertion is made on speed: these runs are far too small, and CI machines too noisy, for that.
+"""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "benchmark.py"
+# torchvision's published cost of fcn_resnet50 (aux head included) at 520x520, in multiply-adds.
+TV_GMACS_520 = 152.717
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def bench(tmp_path, *args):
+    out = tmp_path / "bench.json"
+    result = run_tool("--device", "cpu", "--json", out, *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(out.read_text()), result.stdout
+
+
+def check_pair(data):
+    """Keys and sane values common to train, eval and infer on the CPU."""
+    assert set(data) >= {"mode", "model", "command", "environment", "protocol", "variants", "ratio"}
+    assert data["environment"]["torch"] == torch.__version__
+    assert {"timed", "warmup", "inputs", "baseline", "ours", "memory", "flops", "mfu"} <= set(data["protocol"])
+    base, ours = data["variants"]["baseline"], data["variants"]["ours"]
+    for v in (base, ours):
+        assert v["images_per_s"] > 0
+        assert v["images_per_s"] == pytest.approx(v["timed_images"] / v["timed_s"])
+        assert all(r > 0 for r in v["round_images_per_s"])
+        assert v["peak_memory_mib"] is None and v["mfu"] is None and v["peak_tflops"] is None  # CPU: n/a
+        assert v["gflops_per_image"] > 0
+    ratio = data["ratio"]
+    assert ratio["images_per_s"] == pytest.approx(ours["images_per_s"] / base["images_per_s"])
+    per_round = [o / b for o, b in zip(ours["round_images_per_s"], base["round_images_per_s"])]
+    assert ratio["round_images_per_s"] == pytest.approx(per_round)
+    assert min(per_round) <= ratio["median_round_images_per_s"] <= max(per_round)
+    assert base["settings"] == {**base["settings"], "dtype": "float32", "memory_format": "contiguous",
+                                "compile": False}
+    return base, ours
+
+
+def test_train(tmp_path):
+    data, stdout = bench(tmp_path, "--mode", "train", "--size", "64", "--batch-size", "2", "--warmup", "1",
+                         "--iters", "2", "--rounds", "2")
+    base, ours = check_pair(data)
+    assert base["timed_images"] == ours["timed_images"] == 4
+    assert len(base["round_images_per_s"]) == 2
+    # 3 x forward; 520 and 64 are both multiples of 8, so every feature map scales exactly by (64/520)^2.
+    expected = 3 * 2 * TV_GMACS_520 * (64 / 520) ** 2
+    assert base["gflops_per_image"] == pytest.approx(expected, rel=1e-3)
+    assert base["final_loss"] > 0 and ours["final_loss"] > 0
+    assert "n/a (CPU)" in stdout
+
+
+def test_eval(tmp_path):
+    sizes = [(48, 64), (64, 48)]
+    data, stdout = bench(tmp_path, "--mode", "eval", "--image-sizes", *(f"{h}x{w}" for h, w in sizes),
+                         "--num-images", "4", "--batch-size", "2", "--warmup", "0", "--iters", "1")
+    base, ours = check_pair(data)
+    assert base["timed_images"] == 4 and base["settings"]["batch_size"] == 1 and ours["settings"]["batch_size"] == 2
+    check = data["check"]
+    assert check["fp32_equal"] and check["fp32_moved_pixels"] == 0
+    assert check["baseline_matrix"] == check["ours_fp32_matrix"]
+    total = sum(h * w for h, w in sizes) * 2
+    # The generated masks mark about 5% of the pixels 255, which neither matrix counts.
+    assert 0.8 * total < check["pixels_counted"] < total
+    assert sum(map(sum, check["baseline_matrix"])) == check["pixels_counted"]
+    assert len(check["baseline_matrix"]) == 21
+    assert "EQUAL" in stdout
+
+
+def test_infer(tmp_path):
+    data, stdout = bench(tmp_path, "--mode", "infer", "--size", "64", "--warmup", "1", "--iters", "3")
+    base, ours = check_pair(data)
+    assert ours["settings"]["memory_format"] == "channels_last"  # predict.py's path
+    ratio = data["ratio"]
+    assert ratio["latency_mean"] == pytest.approx(ours["latency_ms_mean"] / base["latency_ms_mean"])
+    assert ratio["latency_median"] == pytest.approx(ours["latency_ms_median"] / base["latency_ms_median"])
+    assert base["images_per_s"] == pytest.approx(1000 / base["latency_ms_mean"])
+    check = data["check"]
+    assert 0 <= check["argmax_agreement"] <= 1
+    # In fp32 only BN folding and the memory format differ: rounding, no change of function.
+    assert check["argmax_agreement_fp32"] >= 0.99
+    assert "argmax agreement" in stdout
+
+
+def test_data(tmp_path):
+    data, stdout = bench(tmp_path, "--mode", "data", "--workers", "0", "1", "--num-images", "8",
+                         "--image-sizes", "48x64", "--size", "32", "--base-size", "40", "--batch-size", "2",
+                         "--warmup", "1", "--iters", "4", "--gpu-step-rate", "10")
+    assert data["variants"] is None and "none" in data["protocol"]["baseline"]
+    rows = data["loader"]
+    assert [r["workers"] for r in rows] == [0, 1]
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["timed_batches"] == 4
+        assert r["images_per_s_per_worker"] == pytest.approx(r["images_per_s"] / max(r["workers"], 1))
+        assert r["gpu_ratio"] == pytest.approx(r["images_per_s"] / 10)
+        assert r["enough_for_gpu"] == (r["gpu_ratio"] >= 1.5)
+
+
+@pytest.fixture(scope="module")
+def tool():
+    """The tool imported in this process: bad input fails before any work, so no interpreter start is needed."""
+    spec = importlib.util.spec_from_file_location("benchmark_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "foo"], "invalid choice"),
+    (["--iters", "0"], "must be a positive integer"),
+    (["--mode", "eval", "--image-sizes", "375by500"], "HEIGHTxWIDTH"),
+])
+def test_bad_flags(tool, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        tool.parse_args(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "train", "--device", "cpu", "--gpu-step-rate", "100"], "--gpu-step-rate does not apply"),
+    (["--mode", "eval", "--size", "64"], "--size does not apply"),
+    (["--mode", "data", "--device", "cpu", "--num-images", "2"], "raise --num-images"),
+    pytest.param(["--mode", "infer", "--device", "cuda"], "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_user_errors_are_one_line(tool, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        tool.run_main(tool.main, tool.parse_args(args))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
+
+
+@pytest.mark.parametrize("name, kind, peak", [
+    ("NVIDIA H100 80GB HBM3", "bf16/fp16", 989.4),
+    ("NVIDIA H100 80GB HBM3", "tf32", 494.7),
+    ("NVIDIA H100 PCIe", "bf16/fp16", 756.0),
+    ("NVIDIA H200", "bf16/fp16", 989.4),
+    ("NVIDIA A100-SXM4-80GB", "bf16/fp16", 312.0),
+    ("NVIDIA L4", "tf32", 60.0),
+    ("NVIDIA L40S", "bf16/fp16", 362.1),
+    ("NVIDIA A10G", "bf16/fp16", None),  # not the A10: its peak gets measured
+    ("NVIDIA H100 NVL", "bf16/fp16", None),
+    ("NVIDIA A100-SXM4-80GB", "fp32", None),
+])
+def test_datasheet_peaks(tool, name, kind, peak):
+    assert tool.datasheet_peak(name, kind) == peak
