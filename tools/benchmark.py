@@ -46,7 +46,7 @@ from train_utils.distributed import DistInfo, resolve_device  # noqa: E402
 from train_utils.loss import check_target  # noqa: E402
 from train_utils.lr import create_lr_scheduler, create_optimizer  # noqa: E402
 from train_utils.sampler import EvalBatchSampler, SeededDataset, TrainSampler  # noqa: E402
-from train_utils.train_eval import (TrainOptions, _train_step, autocast, evaluate,  # noqa: E402
+from train_utils.train_eval import (TrainOptions, train_step, autocast, evaluate,  # noqa: E402
                                     fast_amp_dtype, prepare_images)
 
 MODES = ("train", "eval", "infer", "data")
@@ -304,7 +304,7 @@ class OurTrain:
     """Our step: the per-step work of train_utils.train_eval.train_one_epoch, minus its progress bar.
 
     check_target on the host batch, prepare_images (uint8 pinned batch to the device, normalised there),
-    uint8 masks, _train_step (autocast, GradScaler for fp16), the warm-up + poly scheduler, the loss summed
+    uint8 masks, train_step (autocast, GradScaler for fp16), the warm-up + poly scheduler, the loss summed
     on the device. Optimizer: create_optimizer (fused SGD on CUDA).
     """
 
@@ -327,7 +327,7 @@ class OurTrain:
         check_target(self.masks, self.num_classes)
         images = prepare_images(self.images, self.device, self.channels_last)
         targets = self.masks.to(self.device, non_blocking=True)
-        loss = _train_step(self.model, self.optimizer, images, targets, self.device, self.opts)
+        loss = train_step(self.model, self.optimizer, images, targets, self.device, self.opts)
         self.scheduler.step()
         self.loss = loss.detach()
         self.loss_sum += self.loss

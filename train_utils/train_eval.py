@@ -112,7 +112,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
         check_target(targets, opts.num_classes)  # CPU batch: no device sync
         images = prepare_images(images, device, opts.channels_last)
         targets = targets.to(device, non_blocking=True)
-        loss = _train_step(model, optimizer, images, targets, device, opts)
+        loss = train_step(model, optimizer, images, targets, device, opts)
         lr_scheduler.step()
         loss = loss.detach()
         loss_sum += loss
@@ -139,8 +139,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
                        interrupted, loss_sum.item() + prior_loss_sum, steps + prior_steps)
 
 
-def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                targets: torch.Tensor, device: torch.device, opts: TrainOptions) -> torch.Tensor:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               targets: torch.Tensor, device: torch.device, opts: TrainOptions) -> torch.Tensor:
+    """One optimizer step (autocast, gradient scaling for fp16, optional clipping); returns the loss tensor
+    without reading it, so nothing waits for the device."""
     with autocast(device, opts.amp_dtype):
         outputs = model(images)
     loss = criterion(outputs, targets, opts.aux_weight, class_weights=opts.class_weights, validate=False)
