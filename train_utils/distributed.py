@@ -65,14 +65,23 @@ def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800) -
                 raise ValueError(f"{var} is not set: launch with torchrun, or export MASTER_ADDR/MASTER_PORT "
                                  f"for srun")
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        if backend == "gloo":
-            # Connect gloo pairs on first use rather than all at once in init: the eager full-mesh connect
-            # raced with the restarted peers of an elastic restart (connection refused, the restart lost).
-            os.environ.setdefault("TORCH_GLOO_LAZY_INIT", "1")
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=timeout_s), **kwargs)
+        dist.init_process_group(backend, store=_attempt_store(rank, world_size, timeout_s), rank=rank,
+                                world_size=world_size, timeout=timedelta(seconds=timeout_s), **kwargs)
     return info
+
+
+def _attempt_store(rank: int, world_size: int, timeout_s: int) -> dist.Store:
+    """The rendezvous key-value store, with keys private to this (re)start of the group.
+
+    After an elastic restart torchrun's store still holds the keys of the previous attempt, among them the
+    addresses of its dead processes; a new process that read one would fail with "connection refused". A
+    prefix per restart count keeps each attempt to its own keys.
+    """
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts the server
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=rank == 0 and not agent, timeout=timedelta(seconds=timeout_s))
+    return dist.PrefixStore(f"fcn/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def is_dist_avail_and_initialized() -> bool:
