@@ -161,8 +161,9 @@ def main(args: argparse.Namespace) -> int:
             present = ", ".join(_name(names, int(c)) for c in np.unique(mask))
             print(f"{path} -> {out} ({mask.shape[1]}x{mask.shape[0]}; classes: {present})")
     precision = "fp32" if amp is None else str(amp).replace("torch.", "")
-    print(f"inference time ({precision}) over {len(all_times)} passes on {device}: mean {statistics.mean(all_times) * 1000:.1f} ms, "
-          f"median {statistics.median(all_times) * 1000:.1f} ms", file=sys.stderr)
+    mean, median = statistics.mean(all_times) * 1000, statistics.median(all_times) * 1000
+    print(f"inference time ({precision}) over {len(all_times)} passes on {device}: mean {mean:.1f} ms, "
+          f"median {median:.1f} ms", file=sys.stderr)
     if len(images) > 1:
         print(f"wrote {len(images)} masks to {Path(args.output or 'predictions')}")
     return 0

@@ -75,17 +75,19 @@ def header(args: argparse.Namespace, name: str, num_images: int) -> str:
 
 def comparison(results: Dict[str, ConfusionMatrix], class_names: List[str]) -> str:
     """Per-class IoU and the summary metrics, one column per inference mode."""
-    labels = list(results)
-    metrics = {k: cm.metrics() for k, cm in results.items()}
+    metrics = [cm.metrics() for cm in results.values()]
     width = max(len(n) for n in class_names + ["mean IoU", "pixel acc"])
-    cols = [max(len(label), 6) for label in labels]
-    pct = lambda v: "nan" if v != v else f"{v * 100:.1f}"  # noqa: E731
-    lines = [f"{'':<{width}}  " + "  ".join(f"{label:>{c}}" for label, c in zip(labels, cols))]
-    for i, cname in enumerate(class_names):
-        lines.append(f"{cname:<{width}}  " + "  ".join(f"{pct(metrics[k]['iou'][i]):>{c}}" for k, c in zip(labels, cols)))
+    cols = [max(len(label), 6) for label in results]
+
+    def row(title: str, values: List[float]) -> str:
+        cells = ("nan" if v != v else f"{v * 100:.1f}" for v in values)
+        return f"{title:<{width}}  " + "  ".join(f"{cell:>{c}}" for cell, c in zip(cells, cols))
+
+    lines = [f"{'':<{width}}  " + "  ".join(f"{label:>{c}}" for label, c in zip(results, cols))]
+    lines += [row(name, [m["iou"][i] for m in metrics]) for i, name in enumerate(class_names)]
     for key, title in (("mean_iou", "mean IoU"), ("pixel_acc", "pixel acc"), ("mean_acc", "mean acc"),
                        ("fw_iou", "fw IoU")):
-        lines.append(f"{title:<{width}}  " + "  ".join(f"{pct(metrics[k][key]):>{c}}" for k, c in zip(labels, cols)))
+        lines.append(row(title, [m[key] for m in metrics]))
     return "\n".join(lines)
 
 

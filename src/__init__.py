@@ -5,7 +5,8 @@ from .vgg_fcn import FCN8s, FCN8sAtOnce, FCN16s, FCN32s, bilinear_kernel, fcn8s,
 from .weights import LoadReport, load_backbone_weights, load_model_weights, read_checkpoint
 
 __all__ = [
-    "AUX_MODELS", "CheckpointModel", "FCN", "FCN16s", "FCN32s", "FCN8s", "FCN8sAtOnce", "FCNHead", "LoadReport", "MODELS",
-    "bilinear_kernel", "build_model", "guess_architecture", "model_from_checkpoint", "fcn16s", "fcn32s", "fcn8s", "fcn8s_atonce", "fcn_resnet101",
-    "fcn_resnet50", "load_backbone_weights", "load_model_weights", "read_checkpoint",
+    "AUX_MODELS", "CheckpointModel", "FCN", "FCN16s", "FCN32s", "FCN8s", "FCN8sAtOnce", "FCNHead", "LoadReport",
+    "MODELS", "bilinear_kernel", "build_model", "fcn16s", "fcn32s", "fcn8s", "fcn8s_atonce", "fcn_resnet101",
+    "fcn_resnet50", "guess_architecture", "load_backbone_weights", "load_model_weights", "model_from_checkpoint",
+    "read_checkpoint",
 ]

@@ -268,3 +268,15 @@ def test_confusion_matrix_device_allocation_for_empty_rank():
     cm = ConfusionMatrix(3, device=torch.device("cpu"))
     cm.reduce_from_all_processes()
     assert cm.matrix.sum() == 0
+
+
+def test_atomic_copy_survives_replacing_the_source(tmp_path):
+    from train_utils.checkpoint import atomic_copy
+
+    last, best = tmp_path / "last.pth", tmp_path / "best.pth"
+    save_checkpoint({"epoch": 1}, last)
+    atomic_copy(last, best)
+    save_checkpoint({"epoch": 2}, last)  # replaced, not modified: best keeps epoch 1
+    assert torch.load(best, weights_only=True)["epoch"] == 1
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]

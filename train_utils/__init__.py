@@ -1,5 +1,6 @@
 """Training utilities: loss, metrics, LR schedule, the train/eval loop (1 or N processes), checkpoints."""
-from .checkpoint import append_jsonl, append_text, atomic_write, get_rng_state, save_checkpoint, save_on_master, set_rng_state
+from .checkpoint import (append_jsonl, append_text, atomic_write, get_rng_state, save_checkpoint, save_on_master,
+                         set_rng_state)
 from .constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from .distributed import (DistInfo, all_reduce_sum, barrier, get_rank, get_world_size, init_distributed_mode,
                           is_dist_avail_and_initialized, is_main_process)

@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Union
@@ -54,6 +55,24 @@ def _umask() -> int:
 def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:
     """torch.save(state) to `path` atomically."""
     atomic_write(path, lambda f: torch.save(state, f))
+
+
+def atomic_copy(src: Union[str, Path], dst: Union[str, Path]) -> None:
+    """Makes `dst` a copy of `src` atomically: a hard link where the filesystem has them (no bytes written;
+    `src` is later replaced, never modified in place, so the link keeps its content), else a full copy."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        with open(src, "rb") as f:
+            atomic_write(dst, lambda out: shutil.copyfileobj(f, out, 16 << 20))
 
 
 def save_on_master(state: Dict[str, Any], path: Union[str, Path]) -> None:

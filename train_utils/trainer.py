@@ -18,7 +18,8 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import append_jsonl, append_text, atomic_write, get_rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (append_jsonl, append_text, atomic_copy, atomic_write, get_rng_state, save_checkpoint,
+                         set_rng_state)
 from .cli import UsageError
 from .distributed import (DistInfo, all_gather_objects, any_rank, barrier, broadcast_buffers, cleanup,
                           init_distributed_mode)
@@ -77,7 +78,6 @@ class RunState:
     partial_loss: Tuple[float, int] = (0.0, 0)
     best_miou: float = -math.inf
     best_epoch: int = -1
-    history: List[Dict[str, Any]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------- set-up
@@ -135,6 +135,7 @@ def setup_logging(out: Path, is_main: bool) -> logging.Logger:
 
     console = TqdmHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
+    # Per-interval loss lines go to the file only: on the console the progress bar shows them.
     console.addFilter(lambda r: not getattr(r, "file_only", False))
     log.addHandler(console)
     return log
@@ -143,8 +144,8 @@ def setup_logging(out: Path, is_main: bool) -> logging.Logger:
 def environment(info: DistInfo) -> Dict[str, Any]:
     import torchvision
 
-    env = {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "python": sys.version.split()[0],
-           "device": str(info.device), "world_size": info.world_size}
+    env = {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+           "python": sys.version.split()[0], "device": str(info.device), "world_size": info.world_size}
     if info.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(info.device)
     return env
@@ -291,9 +292,9 @@ class Training:
     def save(self, out: Path, names: List[str], metrics: Optional[Dict[str, Any]] = None) -> None:
         ckpt = self.checkpoint(metrics)
         if self.info.is_main:
-            for name in names:
-                try:
-                    save_checkpoint(ckpt, out / name)
+            for i, name in enumerate(names):
+                try:  # the same content under several names: serialise once, then link or copy
+                    save_checkpoint(ckpt, out / name) if i == 0 else atomic_copy(out / names[0], out / name)
                 except OSError as e:
                     raise OSError(f"could not write {out / name} ({e.strerror or e}); the previous checkpoint "
                                   f"is intact: free space and continue with --resume auto") from None
@@ -462,7 +463,8 @@ def fit(training: Training, model: nn.Module, train_loader: DataLoader, val_load
         start = time.perf_counter()
         train_loader.sampler.set_epoch(epoch, s.next_step)
         result = train_one_epoch(model, training.optimizer, train_loader, info.device, epoch,
-                                 training.lr_scheduler, opts, s.next_step, s.partial_loss, log.info)
+                                 training.lr_scheduler, opts, s.next_step, s.partial_loss,
+                                 lambda msg: log.info(msg, extra={"file_only": True}))
         if result.interrupted:
             s.next_step, s.partial_loss = s.next_step + result.steps, (result.loss_sum, result.total_steps)
             training.save(out, ["last.pth"])
