@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from tqdm import tqdm
 
+from train_utils.cli import ArgumentParser
 from train_utils.constants import IGNORE_INDEX
 
 PathLike = Union[str, os.PathLike]
@@ -635,7 +636,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Check a segmentation dataset or write the demo dataset.")
+    parser = ArgumentParser(description="Check a segmentation dataset or write the demo dataset.")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="scan a split: pixel counts per class and every bad file")
     check.add_argument("--data-path", required=True, help="dataset root (for voc: the folder containing VOCdevkit)")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from src import model_from_checkpoint
 from src.fuse import prepare_for_inference
-from train_utils.cli import (HelpFormatter, add_config_flags, non_negative_int, parse_with_config, positive_int,
+from train_utils.cli import (ArgumentParser, HelpFormatter, add_config_flags, non_negative_int, parse_with_config, positive_int,
                              run_main)
 from train_utils.distributed import resolve_device
 from train_utils.inference import add_inference_flags, inferer_from_args
@@ -35,7 +35,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     add_config_flags(parser)
     parser.add_argument("--weights", required=True, help="checkpoint (ours, or a raw state dict)")

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from src import model_from_checkpoint
 from train_utils.checkpoint import append_text, atomic_write, nan_to_none
-from train_utils.cli import HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
+from train_utils.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
 from train_utils.distributed import cleanup, init_distributed_mode
 from train_utils.inference import add_inference_flags, inferer_from_args
 from train_utils.metrics import ConfusionMatrix
@@ -33,7 +33,7 @@ from train_utils.train_eval import evaluate, whole_image
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     add_config_flags(parser)
     add_data_flags(parser)

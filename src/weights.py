@@ -4,6 +4,7 @@ Everything is read with `torch.load(..., weights_only=True)`: a checkpoint from 
 that runs code, and this refuses it.
 """
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -34,8 +35,11 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
             raise ValueError(f"{path}: refused by weights_only=True loading: it references Python objects beyond "
                              f"tensors and plain containers, which could run code ({culprit}); use a checkpoint "
                              f"of plain tensors from a source you trust") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first[:200]}") from None
+        # torch wraps unpickler errors in advice to retry with weights_only=False: keep only the cause.
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        first = detail.group(1) if detail else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first.split(". ")[0].rstrip(".")[:200]  # the cause, without torch's follow-up sentences
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
 
 
 def extract_state_dict(obj: Any, path: Union[str, Path] = "<checkpoint>") -> Dict[str, torch.Tensor]:

@@ -39,7 +39,7 @@ from torchvision.transforms.v2 import functional as TF
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
 from src import build_model, model_from_checkpoint  # noqa: E402
 from src.fuse import prepare_for_inference  # noqa: E402
-from train_utils.cli import (UsageError, add_config_flags, non_negative_int, parse_with_config,  # noqa: E402
+from train_utils.cli import (ArgumentParser, UsageError, add_config_flags, non_negative_int, parse_with_config,  # noqa: E402
                              positive_float, positive_int, run_main)
 from train_utils.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from train_utils.distributed import DistInfo, resolve_device  # noqa: E402
@@ -91,7 +91,7 @@ def image_size(text: str) -> Tuple[int, int]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p = parser.add_argument
     p("--mode", choices=MODES, default="train", help="what to time")

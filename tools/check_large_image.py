@@ -18,12 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
 from src import MODELS, build_model  # noqa: E402
-from train_utils.cli import add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
+from train_utils.cli import ArgumentParser, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
 from train_utils.inference import add_inference_flags, inferer_from_args, make_inferer, window_starts  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", choices=list(MODELS), default="fcn_resnet50", help="architecture")
     parser.add_argument("--num-classes", type=positive_int, default=21, help="output classes")

@@ -22,11 +22,11 @@ import yaml  # noqa: E402
 from my_dataset import load_class_names, make_demo_dataset  # noqa: E402
 from src import build_model  # noqa: E402
 from train_utils.checkpoint import save_checkpoint  # noqa: E402
-from train_utils.cli import HelpFormatter  # noqa: E402
+from train_utils.cli import ArgumentParser, HelpFormatter  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="training config")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

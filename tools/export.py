@@ -21,7 +21,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
 from src import AUX_MODELS, MODELS, build_model, load_model_weights, read_checkpoint  # noqa: E402
 from src.weights import extract_state_dict  # noqa: E402
-from train_utils.cli import HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
+from train_utils.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
 
 FORMATS = ("torchscript", "onnx")
 # Largest allowed |export - PyTorch| as a fraction of max(1, largest |logit|). Another runtime's float32
@@ -35,7 +35,7 @@ Runner = Callable[[torch.Tensor], np.ndarray]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("--weights", required=True, help="checkpoint from train.py, or a raw state dict")
     parser.add_argument("--output-dir", default="export", help="folder for model.torchscript.pt and model.onnx")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # my_dataset.py lives at the repository root
 from my_dataset import read_split_ids, save_mask, voc_dir  # noqa: E402
+from train_utils.cli import ArgumentParser  # noqa: E402
 
 LoadMat = Callable[[Path], dict]
 
@@ -70,7 +71,7 @@ def write_mask(sample_id: str, voc: Path, sbd: Path, out_dir: Path, loadmat: Loa
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Convert SBD masks and write VOC 2012 trainaug.txt.")
+    parser = ArgumentParser(description="Convert SBD masks and write VOC 2012 trainaug.txt.")
     parser.add_argument("--sbd-root", required=True, help="SBD's benchmark_RELEASE folder")
     parser.add_argument("--voc-root", required=True, help="folder that contains VOCdevkit (with VOC2012)")
     return parser.parse_args(argv)

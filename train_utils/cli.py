@@ -22,6 +22,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line (argparse prints the whole usage block before them)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", default=None,
                         help="YAML file of defaults (keys are flag names); flags given on the command line win")

@@ -4,7 +4,7 @@ from typing import Optional
 
 from src import MODELS
 
-from .cli import (HelpFormatter, UsageError, add_config_flags, non_negative_float, non_negative_int, positive_float,
+from .cli import (ArgumentParser, HelpFormatter, UsageError, add_config_flags, non_negative_float, non_negative_int, positive_float,
                   positive_int)
 
 MODEL_NAMES = tuple(MODELS)
@@ -30,7 +30,7 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
+    parser = ArgumentParser(description=description,
                                      formatter_class=HelpFormatter)
     add_config_flags(parser)
     add_data_flags(parser)
