@@ -66,12 +66,16 @@ def assert_records_parse(out: Path) -> None:
         assert text.count("[epoch:") == text.count("mean IoU:")
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_saves_a_resumable_checkpoint(demo, tmp_path, start_training, sig, code):
+@pytest.mark.parametrize("sig,code,group", [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, False),
+                                            (signal.SIGTERM, 143, True)],
+                         ids=["SIGTERM", "SIGINT", "SIGTERM-to-group-with-workers"])
+def test_signal_saves_a_resumable_checkpoint(demo, tmp_path, start_training, sig, code, group):
+    """The signal goes to the main process (torchrun, an orchestrator) or to the whole process group with the
+    DataLoader workers (Ctrl-C in a terminal, kill -- -PGID, a scheduler's time limit)."""
     out = tmp_path / "run"
-    proc = start_training(out, "--epochs", "3")
+    proc = start_training(out, "--epochs", "3", *(["-j", "2"] if group else []))
     wait_for(lambda: log_has(out, "epoch 1 [1/"))  # mid-way through epoch 1
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
     assert "received" in stderr and "continue with --resume auto" in (out / "train.log").read_text()

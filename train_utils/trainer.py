@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +36,37 @@ LOG_FILE = "train.log"
 CONFIG_FILE = "config.yaml"
 
 
+# How long a DataLoader worker keeps serving batches after a SIGTERM that did not come from the main process.
+WORKER_TERM_GRACE_S = 60.0
+
+
+def _serve_through_sigterm() -> None:
+    """A worker's SIGTERM watcher (a thread; the signal is blocked everywhere else). A SIGTERM from the main
+    process is the loader, or multiprocessing at exit, stopping this worker: it exits at once. One from
+    elsewhere signalled the whole process group (`kill -- -PGID`, a scheduler's time limit): the main process
+    got it too and is heading for its next safe point, so the worker keeps serving batches until the loader
+    stops it, or WORKER_TERM_GRACE_S has passed."""
+    deadline = None
+    while True:
+        if deadline is None:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+        else:
+            info = signal.sigtimedwait({signal.SIGTERM}, max(deadline - time.monotonic(), 0.0))
+        if info is None:
+            os._exit(128 + signal.SIGTERM)
+        if info.si_pid == os.getppid():
+            os._exit(0)  # a shutdown the main process asked for, not a failure
+        deadline = deadline or time.monotonic() + WORKER_TERM_GRACE_S
+
+
 def ignore_signals_in_worker(_: int) -> None:
-    """A Ctrl-C reaches the whole process group: DataLoader workers leave it to the main process, which
-    stops the run cleanly. (SIGTERM keeps its default: it is how the loader shuts its workers down.)"""
+    """Ctrl-C and `kill -- -PGID` reach the DataLoader workers too. They leave SIGINT to the main process, which
+    stops the run at its next safe point and saves; SIGTERM: see `_serve_through_sigterm` (Linux; elsewhere
+    it keeps its default)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigtimedwait"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_serve_through_sigterm, name="sigterm-watch", daemon=True).start()
 
 
 class StopRequest:
