@@ -29,7 +29,7 @@ from train_utils.cli import (ArgumentParser, HelpFormatter, add_config_flags, no
 from train_utils.distributed import resolve_device
 from train_utils.inference import add_inference_flags, inferer_from_args
 from train_utils.options import MODEL_NAMES
-from train_utils.train_eval import autocast, fast_amp_dtype, prepare_images, whole_image
+from train_utils.train_eval import amp_dtype_for, autocast, fast_amp_dtype, prepare_images, whole_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -136,9 +136,10 @@ def main(args: argparse.Namespace) -> int:
     names = loaded.class_names or (load_class_names(Path(__file__).with_name("pascal_voc_classes.json"))
                                    if loaded.num_classes == 21 else [str(i) for i in range(loaded.num_classes)])
     infer = inferer_from_args(args) or whole_image
-    amp = fast_amp_dtype(device) if args.amp is not False else None
-    if args.amp and amp is None:
-        amp = torch.bfloat16  # asked for explicitly: emulated where the device has no native support
+    if args.amp is None:
+        amp = fast_amp_dtype(device)  # on by default where it is fast
+    else:  # asked for explicitly: also where the device emulates it
+        amp = amp_dtype_for(device) if args.amp else None
     if args.warmup:
         first = read_image(images[0])
         for _ in range(args.warmup):

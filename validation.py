@@ -29,7 +29,7 @@ from train_utils.inference import add_inference_flags, inferer_from_args
 from train_utils.metrics import ConfusionMatrix
 from train_utils.options import MODEL_NAMES, add_data_flags
 from train_utils.sampler import EvalBatchSampler
-from train_utils.train_eval import evaluate, whole_image
+from train_utils.train_eval import amp_dtype_for, evaluate, whole_image
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -106,8 +106,7 @@ def main(args: argparse.Namespace) -> int:
 
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, collate_fn=collate_fn,
                         pin_memory=info.device.type == "cuda")
-    amp = (torch.bfloat16 if info.device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16) \
-        if args.amp else None
+    amp = amp_dtype_for(info.device) if args.amp else None
     results = {"single-scale": evaluate(model, loader, info.device, loaded.num_classes, class_names, amp,
                                         channels_last, whole_image, desc="single-scale")}
     tta = inferer_from_args(args)

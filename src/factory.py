@@ -1,7 +1,7 @@
 """The builder table, and building a model from what a checkpoint says about itself."""
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -70,7 +70,6 @@ class CheckpointModel:
     name: str
     num_classes: int
     class_names: Optional[List[str]]
-    meta: Dict[str, Any]
 
 
 def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
@@ -96,6 +95,8 @@ def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
         raise ValueError(f"{path}: has {found_classes} classes, not --num-classes {num_classes}; drop "
                          f"--num-classes or fix it")
     num_classes = num_classes or meta.get("num_classes") or found_classes
+    if num_classes is None:
+        raise ValueError(f"{path}: cannot tell the number of classes (no classifier weights); pass --num-classes")
     aux = any(k.startswith("aux_classifier.") for k in state)
     model = build_model(name, num_classes, aux=aux if name in AUX_MODELS else False)
     try:
@@ -103,4 +104,4 @@ def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
     except RuntimeError as e:
         raise ValueError(f"{path}: does not fit {name} with {num_classes} classes "
                          f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
-    return CheckpointModel(model, name, num_classes, meta.get("class_names"), meta)
+    return CheckpointModel(model, name, num_classes, meta.get("class_names"))

@@ -10,7 +10,7 @@ from torchvision.models.segmentation import fcn_resnet50 as tv_fcn_resnet50
 from torchvision.models.segmentation import fcn_resnet101 as tv_fcn_resnet101
 
 from src import (AUX_MODELS, MODELS, FCN8s, bilinear_kernel, build_model, fcn8s, fcn16s, fcn32s, fcn8s_atonce,
-                 fcn_resnet50, fcn_resnet101, load_model_weights)
+                 fcn_resnet50, fcn_resnet101, load_model_weights, model_from_checkpoint)
 
 VGG_MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 
@@ -298,6 +298,14 @@ def test_wrong_architecture_is_an_error(tmp_path):
     torch.save(fcn32s(num_classes=21).state_dict(), path)
     with pytest.raises(ValueError, match="none of its tensor names match"):
         load_model_weights(build_model("fcn_resnet50"), path)
+
+
+def test_checkpoint_without_a_classifier_needs_num_classes(tmp_path):
+    path = tmp_path / "headless.pth"
+    state = build_model("fcn_resnet50", 5, aux=False).state_dict()
+    torch.save({k: v for k, v in state.items() if not k.startswith("classifier.4.")}, path)
+    with pytest.raises(ValueError, match="headless.pth: cannot tell the number of classes.*--num-classes"):
+        model_from_checkpoint(path)
 
 
 @pytest.mark.parametrize("content", ["truncated", "random", "not_a_state_dict", "empty"])

@@ -1,5 +1,6 @@
 """The training and evaluation loops, identical for one process and for N processes under DDP."""
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,10 +17,19 @@ from .loss import check_target, criterion
 from .metrics import ConfusionMatrix
 
 
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: building them per batch is a blocking host-to-device copy, a sync each step.
+    # Normal tensors even when first asked for under inference_mode, so that training can use them too.
+    with torch.inference_mode(False):
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+        return mean.to(device), std.to(device)
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float ImageNet-normalised. Done on the device: the loader moves 4x fewer bytes."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = _mean_std(images.device)
     return (images.float() - mean) / std
 
 
@@ -36,11 +46,25 @@ def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> contextl
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+def amp_dtype_for(device: torch.device, choice: str = "auto") -> torch.dtype:
+    """The autocast dtype when AMP is asked for: `choice` "bf16" or "fp16", or "auto": bf16 where the GPU
+    has it natively (Ampere and newer), fp16 on older GPUs (training adds a GradScaler), bf16 on CPUs."""
+    if choice in ("bf16", "fp16"):
+        return torch.bfloat16 if choice == "bf16" else torch.float16
+    if device.type != "cuda":
+        return torch.bfloat16
+    try:  # the default also counts emulated bf16, slower than fp16
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument, where the answer meant native support
+        native = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if native else torch.float16
+
+
 def fast_amp_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype this device runs fastest with: bf16 on GPUs that have it (fp16 on older ones)
-    and on CPUs with native bf16 support (oneDNN), None (fp32) elsewhere."""
+    """The autocast dtype this device runs fastest with, for paths where AMP is on by default: as
+    `amp_dtype_for` on GPUs, bf16 on CPUs with native bf16 support (oneDNN), None (fp32) elsewhere."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return amp_dtype_for(device)
     if device.type == "cpu":
         try:
             return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None

@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -28,7 +29,7 @@ from .lr import create_lr_scheduler, create_optimizer
 from .loss import class_weights_from_counts
 from .options import check_args, default_lr, resolve_output_dir
 from .sampler import EvalBatchSampler, SeededDataset, TrainSampler
-from .train_eval import EpochResult, TrainOptions, evaluate, train_one_epoch
+from .train_eval import EpochResult, TrainOptions, amp_dtype_for, evaluate, train_one_epoch
 
 RESULTS_FILE = "results.txt"
 METRICS_FILE = "metrics.jsonl"
@@ -232,11 +233,7 @@ def resolve_classes(args: argparse.Namespace, train_set) -> List[str]:
 def amp_dtype(args: argparse.Namespace, device: torch.device) -> Optional[torch.dtype]:
     if not args.amp:
         return None
-    if args.amp_dtype == "fp16":
-        return torch.float16
-    if args.amp_dtype == "bf16" or device.type != "cuda" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+    return amp_dtype_for(device, args.amp_dtype)
 
 
 def build_model_for_training(args: argparse.Namespace, info: DistInfo, log: logging.Logger):
@@ -469,11 +466,13 @@ def run_training(args: argparse.Namespace) -> int:
         load_resume(training, path, log)
     if info.is_main:
         write_config(out, args, info)
-    log.info(f"command: {' '.join(sys.argv)}")
+    log.info(f"command: {shlex.join(sys.argv)}")
     log.info(f"run directory {out}: {len(train_set)} training / {len(val_set)} validation images, "
              f"{args.model} with {args.num_classes} classes on {info.device} x {info.world_size}, lr {args.lr:g}")
-    opts = TrainOptions(args.num_classes, args.aux_weight, compute_class_weights(args, train_set, log), dtype,
-                        scaler, args.clip_grad_norm, args.channels_last, args.print_freq)
+    weights = compute_class_weights(args, train_set, log)
+    weights = None if weights is None else weights.to(info.device)  # once, not a copy per step
+    opts = TrainOptions(args.num_classes, args.aux_weight, weights, dtype, scaler, args.clip_grad_norm,
+                        args.channels_last, args.print_freq)
     try:
         with StopRequest() as stop:
             opts.should_stop = stop
