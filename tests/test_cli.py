@@ -126,11 +126,16 @@ def test_yaml_config_overridden_by_flag_and_single_process_multi_gpu_script(demo
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"epochs": 1, "lr": 0.5, "aux": False, "eval-every": 1}))
     out = tmp_path / "run"
+    out.mkdir()  # records of an earlier run that died before its first checkpoint: a new run replaces them
+    (out / "metrics.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n')
+    (out / "results.txt").write_text("[epoch: 0]\ntrain_loss: 9\n[epoch: 1]\ntrain_loss: 9\n")
     result = run("train_multi_GPU.py", "--config", config, "--data-path", demo, "--output-dir", out,
                  "--lr", "0.01", *TINY)
     assert "torchrun --nproc_per_node=N" in result.stderr  # the launch hint
     resolved = yaml.safe_load((out / "config.yaml").read_text())["args"]
     assert resolved["lr"] == 0.01 and resolved["epochs"] == 1 and resolved["aux"] is False
+    assert [m["epoch"] for m in metrics_lines(out)] == [0] and "train_loss" in metrics_lines(out)[0]
+    assert (out / "results.txt").read_text().count("[epoch:") == 1
 
 
 def torchrun(*args, **kwargs):

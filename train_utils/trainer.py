@@ -129,8 +129,7 @@ def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int) -> P
         raise UsageError(f"--output-dir {out} already holds a run ({', '.join(existing)}); pass --resume auto to "
                          f"continue it, --overwrite to start over, or choose another --output-dir")
     if existing and args.overwrite and not args.resume:
-        for name in (RESULTS_FILE, METRICS_FILE, LOG_FILE):  # a new run starts new records
-            (out / name).unlink(missing_ok=True)
+        (out / LOG_FILE).unlink(missing_ok=True)  # a new log; the records are rewound in run_training
     free = shutil.disk_usage(out).free
     check_free_space(out, free, est_checkpoint_bytes)
     return out
@@ -375,8 +374,6 @@ def load_resume(training: Training, path: Path, log: logging.Logger) -> None:
         raise UsageError(f"{path}: cannot resume from it ({str(e).splitlines()[0]}); is it a checkpoint of "
                          f"this run?") from None
     s = training.state
-    if training.info.is_main:
-        rewind_records(Path(training.args.output_dir), s.next_epoch)
     log.info(f"resumed from {path}: epoch {s.next_epoch}, iteration {s.next_step}, best mIoU "
              f"{s.best_miou * 100:.1f}")
 
@@ -395,9 +392,14 @@ def rewind_records(out: Path, next_epoch: int) -> None:
     results = out / RESULTS_FILE
     if results.exists():
         blocks = re.split(r"(?m)^(?=\[epoch: )", results.read_text())
-        kept = [b for b in blocks if b and int(re.match(r"\[epoch: (\d+)\]", b).group(1)) < next_epoch]
+        kept = [b for b in blocks if _block_epoch(b) is not None and _block_epoch(b) < next_epoch]
         if len(kept) != len([b for b in blocks if b]):
             atomic_write(results, lambda f: f.write("".join(kept).encode()))
+
+
+def _block_epoch(block: str) -> Optional[int]:
+    match = re.match(r"\[epoch: (\d+)\]", block)
+    return int(match.group(1)) if match else None
 
 
 def _json_epoch(line: str) -> Optional[int]:
@@ -465,6 +467,9 @@ def run_training(args: argparse.Namespace) -> int:
     if path is not None:
         load_resume(training, path, log)
     if info.is_main:
+        # Entries of epochs this run will (re)do go: after a resume, those recorded after the checkpoint;
+        # for a new run, all of them.
+        rewind_records(out, training.state.next_epoch)
         write_config(out, args, info)
     log.info(f"command: {shlex.join(sys.argv)}")
     log.info(f"run directory {out}: {len(train_set)} training / {len(val_set)} validation images, "
