@@ -133,8 +133,13 @@ def test_bad_yaml_config(base, tmp_path, config, needles):
 # ---------------------------------------------------------------------------------------- bad checkpoints
 
 class _Exploit:
+    """Unpickling it would create `marker`: the proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("touch PWNED",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def write_checkpoint(kind: str, path: Path) -> Path:
@@ -145,7 +150,8 @@ def write_checkpoint(kind: str, path: Path) -> Path:
         path.write_bytes(os.urandom(2000))
     elif kind == "exploit":
         with open(path, "wb") as f:
-            torch.save({"model": {"w": torch.zeros(1)}, "x": _Exploit()}, f, pickle_module=pickle)
+            torch.save({"model": {"w": torch.zeros(1)}, "x": _Exploit(path.with_name("PWNED"))}, f,
+                       pickle_module=pickle)
     elif kind == "other-model":
         torch.save({"model": build_model("fcn32s", num_classes=5).state_dict(), "model_name": "fcn32s",
                     "num_classes": 5}, path)
@@ -169,10 +175,10 @@ def test_resume_from_bad_checkpoint_damages_nothing(base, tmp_path, kind, needle
     before = fingerprint(base["run"])
     bad = write_checkpoint(kind, tmp_path / "bad.pth")
     result = run("train.py", "--data-path", base["data"], "--output-dir", base["run"], "--epochs", "2",
-                 "--resume", bad, *TINY, "--no-aux", check=False, env={"PWD_MARK": str(tmp_path)})
+                 "--resume", bad, *TINY, "--no-aux", check=False)
     assert_one_line_error(result, *needles)
     assert fingerprint(base["run"]) == before
-    assert not (Path.cwd() / "PWNED").exists()
+    assert not (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.parametrize("kind,needles", [c for c in CHECKPOINT_CASES if c[0] != "other-model"],
@@ -182,7 +188,7 @@ def test_validate_bad_checkpoint(base, tmp_path, kind, needles):
     result = run("validation.py", "--data-path", base["data"], "--weights", bad, "--device", "cpu", "-j", "0",
                  check=False)
     assert_one_line_error(result, *needles)
-    assert not (tmp_path / "record_mAP.txt").exists()
+    assert not (tmp_path / "record_mAP.txt").exists() and not (tmp_path / "PWNED").exists()
 
 
 def test_weights_that_are_not_a_checkpoint(base, tmp_path):
