@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from tqdm import tqdm
 
-from train_utils.cli import ArgumentParser
+from train_utils.cli import USER_ERRORS, ArgumentParser, one_line
 from train_utils.constants import IGNORE_INDEX
 
 PathLike = Union[str, os.PathLike]
@@ -136,16 +136,23 @@ def read_image(path: PathLike) -> torch.Tensor:
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot convert {path} (mode {image.mode}) to RGB: {e}; "
                              f"save it as an 8-bit JPEG or PNG") from e
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (H, W, 3) -> (3, H, W)
+    # (H, W, 3) -> (3, H, W) as a view: torchvision's uint8 resize is fastest on this layout, and batching
+    # (collate_fn) makes the batch contiguous anyway.
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def read_mask(path: PathLike) -> np.ndarray:
-    """Class indices (H, W) uint8 from a palette ("P") or grayscale ("L") PNG.
+    """Class indices (H, W) uint8 from a palette ("P"), grayscale ("L") or 1-bit ("1") PNG.
 
     Args:
         path: mask file.
     """
     with _open_image(path) as image:
+        if image.mode == "1":  # 1-bit masks (binary segmentation): 0 and 1
+            return np.array(image, dtype=np.uint8)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+            raise ValueError(f"mask {path} is a 16/32-bit image: save it as an 8-bit grayscale or palette PNG of "
+                             f"class indices (my_dataset.save_mask)")
         if image.mode not in ("P", "L"):
             raise ValueError(f"mask {path} has mode {image.mode}: masks must be palette or grayscale PNGs of "
                              f"class indices, not colour images; map each colour to its class index "
@@ -659,8 +666,8 @@ def main(args: argparse.Namespace) -> int:
     command = run_check if args.command == "check" else run_demo
     try:
         return command(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (*USER_ERRORS, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

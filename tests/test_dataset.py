@@ -110,6 +110,16 @@ def test_read_mask_rejects_rgb(tmp_path):
     assert str(path) in str(info.value)
 
 
+def test_read_mask_one_bit_and_16_bit(tmp_path):
+    binary = np.zeros((3, 5), bool)
+    binary[1, 2:4] = True
+    Image.fromarray(binary).save(tmp_path / "binary.png")  # mode "1"
+    assert np.array_equal(read_mask(tmp_path / "binary.png"), binary.astype(np.uint8))
+    Image.fromarray(np.zeros((3, 5), np.uint16)).save(tmp_path / "deep.png")  # mode "I;16"
+    with pytest.raises(ValueError, match="deep.png is a 16/32-bit image.*8-bit"):
+        read_mask(tmp_path / "deep.png")
+
+
 def test_read_mask_truncated(tmp_path, voc2012):
     path = voc2012 / "SegmentationClass" / "voc_sample.png"
     truncate(path)

@@ -86,3 +86,13 @@ def test_prepare_sbd_without_scipy(tmp_path, voc_root, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.io", None)  # makes `from scipy.io import loadmat` fail
     assert tool.main(tool.parse_args(["--sbd-root", str(tmp_path), "--voc-root", str(voc_root)])) == 2
     assert "pip install scipy" in capsys.readouterr().err
+
+
+def test_prepare_sbd_damaged_mat_names_the_file(tmp_path, voc_root, voc2012, capsys):
+    sbd_root = make_sbd(tmp_path / "sbd", voc2012)
+    damaged = sbd_root / "dataset" / "cls" / "sbd_a.mat"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    tool = load_tool()
+    assert tool.main(tool.parse_args(["--sbd-root", str(sbd_root), "--voc-root", str(voc_root)])) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot read ") and str(damaged) in errors[0]

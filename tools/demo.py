@@ -22,7 +22,7 @@ import yaml  # noqa: E402
 from my_dataset import load_class_names, make_demo_dataset  # noqa: E402
 from src import build_model  # noqa: E402
 from train_utils.checkpoint import save_checkpoint  # noqa: E402
-from train_utils.cli import ArgumentParser, HelpFormatter  # noqa: E402
+from train_utils.cli import USER_ERRORS, ArgumentParser, HelpFormatter, one_line  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,9 +34,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+class StepFailed(Exception):
+    """A step's command failed; it has printed its own error."""
+
+
 def step(title: str, *command: str) -> None:
     print(f"\n=== {title}\n$ {shlex.join(['python', *command])}", flush=True)
-    subprocess.run([sys.executable, *command], cwd=ROOT, check=True)
+    code = subprocess.run([sys.executable, *command], cwd=ROOT).returncode
+    if code != 0:
+        raise StepFailed(f"step '{title}' failed (exit code {code}); see its error above")
 
 
 def miou(json_path: Path) -> float:
@@ -45,7 +51,20 @@ def miou(json_path: Path) -> float:
 
 def main() -> int:
     args = parse_args()
+    try:
+        return run_demo(args)
+    except (StepFailed, *USER_ERRORS, OSError, yaml.YAMLError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    args.config = str(Path(args.config).resolve())  # train.py runs from the repository root
     config = yaml.safe_load(Path(args.config).read_text())
+    missing = [k for k in ("data-path", "output-dir", "model") if k not in (config or {})]
+    if missing:
+        raise ValueError(f"{args.config}: the demo needs {', '.join(missing)} in the config; start from "
+                         f"configs/demo.yaml")
     data, out = ROOT / config["data-path"], ROOT / config["output-dir"]
     start = time.perf_counter()
     if not (data / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").is_file():

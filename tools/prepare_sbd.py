@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # my_dataset.py lives at the repository root
 from my_dataset import read_split_ids, save_mask, voc_dir  # noqa: E402
-from train_utils.cli import ArgumentParser  # noqa: E402
+from train_utils.cli import USER_ERRORS, ArgumentParser, one_line  # noqa: E402
 
 LoadMat = Callable[[Path], dict]
 
@@ -45,7 +45,11 @@ def sbd_dataset_dir(sbd_root: Path) -> Path:
 
 def load_sbd_mask(path: Path, loadmat: LoadMat) -> np.ndarray:
     """SBD's class map: the GTcls struct's Segmentation field, (H, W) uint8 of VOC class indices."""
-    return np.ascontiguousarray(loadmat(path)["GTcls"][0]["Segmentation"][0], dtype=np.uint8)
+    try:
+        return np.ascontiguousarray(loadmat(path)["GTcls"][0]["Segmentation"][0], dtype=np.uint8)
+    except Exception as e:  # scipy raises many kinds on a damaged file; a file without GTcls is a KeyError
+        raise ValueError(f"cannot read {path} as an SBD class map ({type(e).__name__}: {e}); re-extract "
+                         f"benchmark_RELEASE from the SBD archive") from None
 
 
 def trainaug_ids(voc_train: Sequence[str], voc_val: Sequence[str], sbd_train: Sequence[str],
@@ -87,9 +91,10 @@ def main(args: argparse.Namespace) -> int:
         kept = [i for i in ids if (voc / "JPEGImages" / f"{i}.jpg").is_file()]
         out_dir = voc / "SegmentationClassAug"
         out_dir.mkdir(exist_ok=True)
-        sources = [write_mask(i, voc, sbd, out_dir, loadmat) for i in tqdm(kept, desc="masks", unit="img")]
-    except (ImportError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        with tqdm(kept, desc="masks", unit="img") as bar:  # closed before an error is printed
+            sources = [write_mask(i, voc, sbd, out_dir, loadmat) for i in bar]
+    except (ImportError, *USER_ERRORS, OSError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     (splits / "trainaug.txt").write_text("".join(f"{i}\n" for i in kept))
     print(f"trainaug: {len(kept)} ids written to {splits / 'trainaug.txt'} ({sources.count('voc')} VOC masks "

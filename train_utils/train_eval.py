@@ -36,7 +36,7 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """Copies a uint8 batch to the device (asynchronously from pinned memory) and normalises it."""
     images = normalize(images.to(device, non_blocking=True))
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
