@@ -142,23 +142,27 @@ def test_missing_weights_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_raw_state_dict_needs_model_flags(tmp_path):
+def test_architecture_comes_from_the_checkpoint_or_the_flags(tmp_path):
     tool = load_tool()
-    with pytest.raises(ValueError, match="--model and --num-classes"):
-        tool.resolve_architecture({"conv.weight": torch.zeros(1)}, None, None, "raw.pth")
-    assert tool.resolve_architecture({"conv.weight": torch.zeros(1)}, "fcn8s", 5, "raw.pth") == ("fcn8s", 5)
-    ours = {"model": {}, "model_name": "fcn_resnet50", "num_classes": 3}
-    assert tool.resolve_architecture(ours, None, None, "best.pth") == ("fcn_resnet50", 3)
-    with pytest.raises(ValueError, match="--num-classes 21 contradicts"):
-        tool.resolve_architecture(ours, None, 21, "best.pth")
+    ours = tmp_path / "best.pth"
+    torch.save({"model": build_model("fcn32s", 3).state_dict(), "model_name": "fcn32s", "num_classes": 3}, ours)
+    assert tool.load_for_export(str(ours), None, None)[1] == "fcn32s, 3 classes"
+    with pytest.raises(ValueError, match="best.pth: has 3 classes, not --num-classes 21"):
+        tool.load_for_export(str(ours), None, 21)
+    with pytest.raises(ValueError, match="best.pth: holds fcn32s weights, not --model fcn_resnet50"):
+        tool.load_for_export(str(ours), "fcn_resnet50", None)
+    unknown = tmp_path / "raw.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, unknown)
+    with pytest.raises(ValueError, match="raw.pth: cannot tell which model"):
+        tool.load_for_export(str(unknown), None, None)
 
 
-def test_raw_state_dict_loads_with_flags_and_drops_aux(tmp_path):
+def test_raw_state_dict_loads_and_drops_aux(tmp_path):
     torch.manual_seed(2)
     model = build_model("fcn_resnet50", num_classes=2, aux=True).eval()
     path = tmp_path / "raw.pth"
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)  # as saved from DDP
-    loaded, description = load_tool().load_for_export(str(path), "fcn_resnet50", 2)
+    loaded, description = load_tool().load_for_export(str(path), None, None)  # read off the tensors
     assert loaded.aux_classifier is None and not loaded.training and "aux head dropped" in description
     image = torch.randn(1, 3, 40, 48)
     with torch.no_grad():

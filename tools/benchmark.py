@@ -95,8 +95,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p = parser.add_argument
     p("--mode", choices=MODES, default="train", help="what to time")
-    p("--model", choices=list(TV_BUILDERS), default="fcn_resnet50",
-      help="architecture; the baseline is torchvision's model of the same name")
+    p("--model", choices=list(TV_BUILDERS), default=None,
+      help="architecture; the baseline is torchvision's model of the same name (default: the --weights "
+           "checkpoint's model, else fcn_resnet50)")
     p("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p("-b", "--batch-size", type=positive_int, default=8,
       help="images per training step, per eval batch of ours (the baseline evaluates one at a time) and per "
@@ -206,12 +207,17 @@ def make_models(args: argparse.Namespace) -> Tuple[nn.Module, nn.Module, str]:
     torchvision's and our state dicts have the same keys, so one loads the other's strictly.
     """
     if args.weights:
-        ours = model_from_checkpoint(args.weights, args.model, args.num_classes).model
+        loaded = model_from_checkpoint(args.weights, args.model, args.num_classes)
+        if loaded.name not in TV_BUILDERS:
+            raise UsageError(f"{args.weights}: holds {loaded.name} weights; the benchmark compares "
+                             f"{' and '.join(TV_BUILDERS)} with torchvision's, pass a checkpoint of one of them")
+        ours, args.model = loaded.model, loaded.name
         aux = getattr(ours, "aux_classifier", None) is not None
         baseline = TV_BUILDERS[args.model](weights=None, weights_backbone=None, aux_loss=aux,
                                            num_classes=num_classes_of(ours))
         baseline.load_state_dict(ours.state_dict())
         return baseline, ours, f"checkpoint {args.weights}"
+    args.model = args.model or "fcn_resnet50"
     torch.manual_seed(args.seed)
     num_classes = args.num_classes or 21
     baseline = TV_BUILDERS[args.model](weights=None, weights_backbone=None, aux_loss=True, num_classes=num_classes)
@@ -304,7 +310,7 @@ class OurTrain:
     """Our step: the per-step work of train_utils.train_eval.train_one_epoch, minus its progress bar.
 
     check_target on the host batch, prepare_images (uint8 pinned batch to the device, normalised there),
-    uint8 masks, train_step (autocast, GradScaler for fp16), the warm-up + poly scheduler, the loss summed
+    uint8 masks, train_step (autocast, GradScaler for fp16), the poly scheduler (as the baseline's), the loss summed
     on the device. Optimizer: create_optimizer (fused SGD on CUDA).
     """
 
@@ -313,7 +319,8 @@ class OurTrain:
         self.device, self.channels_last = setup.device, setup.channels_last
         model = model.to(setup.device, memory_format=setup.memory_format).train()
         self.optimizer = create_optimizer(model, LR, 0.9, 1e-4, fused=setup.device.type == "cuda")
-        self.scheduler = create_lr_scheduler(self.optimizer, num_step=total_steps, epochs=10)
+        # The baseline's schedule (poly over the timed run, no warm-up), so that the final losses compare.
+        self.scheduler = create_lr_scheduler(self.optimizer, num_step=total_steps, epochs=1, warmup=False)
         scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.amp == torch.float16)
         self.num_classes = num_classes_of(model)
         self.opts = TrainOptions(self.num_classes, amp_dtype=setup.amp, scaler=scaler,
@@ -433,13 +440,12 @@ class TVInfer:
     float32 host-normalised image sent to the device, the argmax taken there."""
 
     def __init__(self, model: nn.Module, image: torch.Tensor, device: torch.device) -> None:
-        self.model, self.device = model.to(device).eval(), device
-        self.image = tv_normalize(image[None])
+        self.model, self.device, self.image = model.to(device).eval(), device, image[None]
         self.labels: Optional[torch.Tensor] = None
 
     @torch.inference_mode()
     def __call__(self) -> None:
-        self.labels = self.model(self.image.to(self.device))["out"].argmax(1)
+        self.labels = self.model(tv_normalize(self.image).to(self.device))["out"].argmax(1)
 
 
 class OurInfer:
@@ -1004,6 +1010,10 @@ def main(args: argparse.Namespace) -> int:
     print_report(result)
     if args.json:
         write_json(result, args.json)
+    check = result.get("check") or {}
+    if check.get("fp32_equal") is False:  # eval's correctness check: the speed-up must not change a pixel
+        print("error: the fp32 confusion matrices differ (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

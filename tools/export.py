@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
-from src import AUX_MODELS, MODELS, build_model, load_model_weights, read_checkpoint  # noqa: E402
-from src.weights import extract_state_dict  # noqa: E402
+from src import MODELS, model_from_checkpoint  # noqa: E402
 from train_utils.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
 
 FORMATS = ("torchscript", "onnx")
@@ -46,9 +45,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help=f"square input size used to trace the model (>= {MIN_SIZE}); the exports accept "
                              f"any size and are checked at a different one")
     parser.add_argument("--model", choices=list(MODELS), default=None,
-                        help="architecture; needed for a raw state dict (our checkpoints record it)")
+                        help="architecture; our checkpoints record it, and for a raw state dict it is read off "
+                             "the tensors (needed only to tell fcn8s_atonce from fcn8s)")
     parser.add_argument("--num-classes", type=positive_int, default=None,
-                        help="output classes, background included; needed for a raw state dict")
+                        help="output classes, background included (default: from the checkpoint)")
     add_config_flags(parser)
     return parse_with_config(parser, argv)
 
@@ -64,31 +64,15 @@ class LogitsOnly(nn.Module):
         return self.model(image)["out"]
 
 
-def resolve_architecture(checkpoint: object, model: Optional[str], num_classes: Optional[int],
-                         path: str) -> Tuple[str, int]:
-    """Model name and class count from our checkpoint's record, or from --model/--num-classes."""
-    record = checkpoint if isinstance(checkpoint, dict) and "model_name" in checkpoint else {}
-    name, classes = record.get("model_name", model), record.get("num_classes", num_classes)
-    if name is None or classes is None:
-        raise ValueError(f"{path}: a raw state dict does not say its architecture; pass --model and --num-classes")
-    for flag, given, saved in (("--model", model, name), ("--num-classes", num_classes, classes)):
-        if given is not None and given != saved:
-            raise ValueError(f"{flag} {given} contradicts {path}, which holds {saved}; drop {flag}")
-    return str(name), int(classes)
-
-
 def load_for_export(path: str, model: Optional[str], num_classes: Optional[int]) -> Tuple[nn.Module, str]:
-    """The checkpoint's model in eval mode without its aux head, and a one-line description."""
-    checkpoint = read_checkpoint(path)
-    name, classes = resolve_architecture(checkpoint, model, num_classes, path)
-    # Built with the aux head when the file has one, so that a strict load proves every tensor matched.
-    keys = extract_state_dict(checkpoint, path)
-    has_aux = name in AUX_MODELS and any(k.startswith("aux_classifier.") for k in keys)
-    net = build_model(name, num_classes=classes, aux=has_aux)
-    load_model_weights(net, path, strict=True)  # reads the file again, for its clear mismatch message
-    if getattr(net, "aux_classifier", None) is not None:
+    """The checkpoint's model (loaded strictly, as validation.py and predict.py do) in eval mode without its
+    aux head, and a one-line description."""
+    loaded = model_from_checkpoint(path, model, num_classes)
+    net = loaded.model
+    has_aux = getattr(net, "aux_classifier", None) is not None
+    if has_aux:
         net.aux_classifier = None
-    return net.eval(), f"{name}, {classes} classes" + (" (aux head dropped)" if has_aux else "")
+    return net.eval(), f"{loaded.name}, {loaded.num_classes} classes" + (" (aux head dropped)" if has_aux else "")
 
 
 def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> Runner:
