@@ -556,16 +556,19 @@ def make_demo_dataset(root: PathLike, num_train: int = 80, num_val: int = 20, si
 # ---------------------------------------------------------------------------------------------------- check
 
 class _ScanItems(Dataset):
-    """Yields (mask value counts, problem) per sample instead of raising, so one bad file does not end a scan."""
+    """Yields (mask value counts, problem) per sample instead of raising, so one bad file does not end a scan.
+    With `masks_only`, only the masks are read (pixel counts, no check of the images)."""
 
-    def __init__(self, dataset: SegmentationDataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: SegmentationDataset, masks_only: bool = False) -> None:
+        self.dataset, self.masks_only = dataset, masks_only
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
         try:
+            if self.masks_only:
+                return label_counts(read_mask(self.dataset.pairs[index][1])), ""
             _, mask = self.dataset.load(index)
         except (FileNotFoundError, ValueError) as e:
             return np.zeros(256, dtype=np.int64), str(e)
@@ -591,15 +594,17 @@ def _split_pairs(name: str, data_path: PathLike, split: str) -> tuple[list[Pair]
     return complete, problems, load_class_names(_voc_class_file(data_path))
 
 
-def scan_split(pairs: list[Pair], class_names: list[str], workers: int) -> tuple[np.ndarray, list[str]]:
-    """Counts of each mask value over all pairs and one problem line per unreadable or invalid pair."""
+def scan_split(pairs: list[Pair], class_names: list[str], workers: int, masks_only: bool = False,
+               progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Counts of each mask value over all pairs and one problem line per unreadable or invalid pair (with
+    `masks_only`, the images are not read)."""
     counts, problems = np.zeros(256, dtype=np.int64), []
     if not pairs:
         return counts, problems
-    items = _ScanItems(SegmentationDataset(pairs, class_names))
+    items = _ScanItems(SegmentationDataset(pairs, class_names), masks_only)
     loader = DataLoader(items, batch_size=None, num_workers=workers, collate_fn=_unbatched)
-    for item_counts, problem in tqdm(loader, desc="scanning", unit="img"):
-        counts += np.asarray(item_counts)
+    for item_counts, problem in tqdm(loader, desc="scanning", unit="img", disable=not progress):
+        counts += item_counts
         if problem:
             problems.append(problem)
     return counts, problems

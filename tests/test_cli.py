@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from my_dataset import VOC_PALETTE, make_demo_dataset
+from train_utils import class_weights_from_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--pretrained-backbone", "none", "--base-size", "64", "--crop-size", "64", "-b", "2", "-j", "0",
@@ -146,8 +147,15 @@ def torchrun(*args, **kwargs):
 def test_torchrun_two_processes_match_single_process_validation(demo, tmp_path):
     out = tmp_path / "ddp"
     torchrun("--nproc_per_node=2", f"--master_port={free_port()}", "train_multi_GPU.py", "--data-path", demo,
-             "--output-dir", out, "--epochs", "1", *TINY)
+             "--output-dir", out, "--epochs", "1", "--class-weights", "median", *TINY)
     epoch = metrics_lines(out)[-1]
+    # Each rank counted half of the masks; the sum must be the whole split's.
+    voc = demo / "VOCdevkit" / "VOC2012"
+    ids = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    counts = sum(np.bincount(np.array(Image.open(voc / "SegmentationClass" / f"{i}.png")).ravel(), minlength=256)
+                 for i in ids)
+    expected = [round(w, 3) for w in class_weights_from_counts(counts[:5], "median").tolist()]
+    assert f"class weights (median): {expected}" in (out / "train.log").read_text()
     assert yaml.safe_load((out / "config.yaml").read_text())["environment"]["world_size"] == 2
     single = validate_json(demo, out / "last.pth", tmp_path)["single-scale"]
     assert single["num_pixels"] == epoch["num_pixels"]

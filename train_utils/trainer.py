@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from .checkpoint import (append_jsonl, append_text, atomic_copy, atomic_write, get_rng_state, save_checkpoint,
                          set_rng_state)
 from .cli import UsageError
-from .distributed import (DistInfo, all_gather_objects, any_rank, barrier, broadcast_buffers, cleanup,
-                          init_distributed_mode)
+from .distributed import (DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier, broadcast_buffers,
+                          cleanup, init_distributed_mode)
 from .lr import create_lr_scheduler, create_optimizer
 from .loss import class_weights_from_counts
 from .options import check_args, default_lr, resolve_output_dir
@@ -263,12 +263,16 @@ def wrap_model(model: nn.Module, args: argparse.Namespace, info: DistInfo, log: 
     return model
 
 
-def compute_class_weights(args: argparse.Namespace, train_set, log: logging.Logger) -> Optional[torch.Tensor]:
+def compute_class_weights(args: argparse.Namespace, train_set, info: DistInfo,
+                          log: logging.Logger) -> Optional[torch.Tensor]:
+    """Loss weights from the training masks' pixel counts; each rank counts its share of the masks."""
     if args.class_weights == "none":
         return None
     from my_dataset import scan_split
 
-    counts, _ = scan_split(train_set.pairs, train_set.class_names, args.workers)
+    shard = train_set.pairs[info.rank::info.world_size]
+    counts, _ = scan_split(shard, train_set.class_names, args.workers, masks_only=True, progress=info.is_main)
+    counts = all_reduce_sum(torch.from_numpy(counts).to(info.device)).cpu().numpy()
     weights = class_weights_from_counts(counts[:args.num_classes], args.class_weights)
     log.info(f"class weights ({args.class_weights}): {[round(w, 3) for w in weights.tolist()]}")
     return weights
@@ -474,7 +478,7 @@ def run_training(args: argparse.Namespace) -> int:
     log.info(f"command: {shlex.join(sys.argv)}")
     log.info(f"run directory {out}: {len(train_set)} training / {len(val_set)} validation images, "
              f"{args.model} with {args.num_classes} classes on {info.device} x {info.world_size}, lr {args.lr:g}")
-    weights = compute_class_weights(args, train_set, log)
+    weights = compute_class_weights(args, train_set, info, log)
     weights = None if weights is None else weights.to(info.device)  # once, not a copy per step
     opts = TrainOptions(args.num_classes, args.aux_weight, weights, dtype, scaler, args.clip_grad_norm,
                         args.channels_last, args.print_freq)
