@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import torch
 from torch.utils.data import DataLoader
 
 from src import model_from_checkpoint
+from src.fuse import prepare_for_inference
 from train_utils.checkpoint import append_text, atomic_write, nan_to_none
 from train_utils.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
 from train_utils.distributed import cleanup, init_distributed_mode
@@ -94,11 +94,9 @@ def comparison(results: Dict[str, ConfusionMatrix], class_names: List[str]) -> s
 def main(args: argparse.Namespace) -> int:
     info = init_distributed_mode(args.device)
     loaded = model_from_checkpoint(args.weights, args.model, args.num_classes)
-    model = loaded.model
-    if getattr(model, "aux_classifier", None) is not None:
-        model.aux_classifier = None  # the aux head only helps training; skip its cost here
     channels_last = info.device.type == "cuda" if args.channels_last is None else args.channels_last
-    model.to(info.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # No BN folding: the numbers must equal those of the training run's own evaluation, bit for bit.
+    model = prepare_for_inference(loaded.model, info.device, channels_last, fold=False)
     dataset = load_val_set(args, loaded.num_classes)
     class_names = list(loaded.class_names or dataset.class_names)
     sampler = EvalBatchSampler(dataset.image_sizes(), args.batch_size, info.rank, info.world_size)

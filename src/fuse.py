@@ -30,11 +30,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def prepare_for_inference(model: nn.Module, device: torch.device, channels_last: bool = True) -> nn.Module:
-    """Eval mode, no auxiliary head (its output is never used at inference), BN folded, on `device`."""
+def prepare_for_inference(model: nn.Module, device: torch.device, channels_last: bool = True,
+                          fold: bool = True) -> nn.Module:
+    """Eval mode, no auxiliary head (its output is never used at inference), BN folded (unless `fold` is
+    False: folding moves the last bits of the logits), on `device`."""
     model.eval()
     if getattr(model, "aux_classifier", None) is not None:
         model.aux_classifier = None
-    fold_batchnorm(model)
+    if fold:
+        fold_batchnorm(model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(device, memory_format=memory_format)

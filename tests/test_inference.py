@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from src import build_model
-from train_utils.inference import (add_inference_flags, describe_inferer, inferer_from_args, make_inferer,
+from train_utils.inference import (add_inference_flags, inferer_from_args, make_inferer,
                                    slide_inference, tta_inference, window_starts)
-from train_utils.train_eval import evaluate, whole_image
+from train_utils.train_eval import evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -263,7 +263,6 @@ def test_make_inferer_modes_and_names():
     probs = tta(Pointwise().eval(), torch.randn(1, 3, 11, 10))
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 11, 10))
     assert make_inferer(scales=[1.0]).name == "whole" and make_inferer(flip=True).name == "whole+flip"
-    assert describe_inferer(whole_image) == "whole" and describe_inferer(tta) == tta.name
 
 
 @pytest.mark.parametrize("kwargs,flag", [

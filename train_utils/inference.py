@@ -223,13 +223,6 @@ def make_inferer(mode: str = "whole", window: int = 512, stride: int = 341,
                          flip, chunk)
 
 
-def describe_inferer(infer: Callable) -> str:
-    """The short label of an inferer: its `name`, "whole" for `whole_image`, else the function's name."""
-    if infer is whole_image:
-        return "whole"
-    return getattr(infer, "name", getattr(infer, "__name__", type(infer).__name__))
-
-
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
     """Adds --mode, --window, --stride, --scales, --flip/--no-flip and --chunk to `parser`."""
     group = parser.add_argument_group("inference")
