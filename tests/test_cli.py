@@ -146,7 +146,7 @@ def torchrun(*args, **kwargs):
 
 def test_torchrun_two_processes_match_single_process_validation(demo, tmp_path):
     out = tmp_path / "ddp"
-    torchrun("--nproc_per_node=2", f"--master_port={free_port()}", "train_multi_GPU.py", "--data-path", demo,
+    torchrun("--standalone", "--nproc_per_node=2", "train_multi_GPU.py", "--data-path", demo,
              "--output-dir", out, "--epochs", "1", "--class-weights", "median", *TINY)
     epoch = metrics_lines(out)[-1]
     # Each rank counted half of the masks; the sum must be the whole split's.
@@ -207,7 +207,7 @@ def test_user_errors_are_one_clear_line(trained, demo, tmp_path):
 def test_validation_under_torchrun_equals_one_process(trained, demo, tmp_path):
     single = validate_json(demo, trained / "best.pth", tmp_path)["single-scale"]
     out = tmp_path / "ddp.json"
-    torchrun("--nproc_per_node=2", f"--master_port={free_port()}", "validation.py", "--data-path", demo,
+    torchrun("--standalone", "--nproc_per_node=2", "validation.py", "--data-path", demo,
              "--weights", trained / "best.pth", "--device", "cpu", "-j", "0", "--json", out,
              "--record", tmp_path / "ddp_record.txt")
     ddp = json.loads(out.read_text())["single-scale"]

@@ -6,13 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from my_dataset import make_demo_dataset
-from test_cli import ROOT, TINY, free_port, metrics_lines, run
+from test_cli import ROOT, TINY, metrics_lines, run
 from train_utils.cli import UsageError
 from train_utils.trainer import check_free_space, prepare_output_dir
 
@@ -124,8 +125,7 @@ def _worker_pids(torchrun_pid: int):
 def test_elastic_restart_resumes_after_a_worker_dies(demo, tmp_path, start_training):
     out = tmp_path / "elastic"
     proc = start_training(out, "--epochs", "3", module=(
-        "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1", "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
         "train_multi_GPU.py"))
     wait_for(lambda: (out / "last.pth").exists() and log_has(out, "epoch 1 [1/"))
     victims = _worker_pids(proc.pid)
@@ -165,8 +165,7 @@ def test_unwritable_or_invalid_output_dir(tmp_path, monkeypatch):
     args.output_dir = str(blocker)
     with pytest.raises(UsageError, match="is a file"):
         prepare_output_dir(args, 1)
-    monkeypatch.setattr("shutil.disk_usage", lambda path: os.statvfs_result((0,) * 10) and
-                        type("usage", (), {"free": 1 << 20})())
+    monkeypatch.setattr("shutil.disk_usage", lambda path: types.SimpleNamespace(free=1 << 20))
     args.output_dir = str(tmp_path / "ok")
     with pytest.raises(UsageError, match="free some space"):
         prepare_output_dir(args, 300 << 20)

@@ -1,8 +1,6 @@
 """Samplers, checkpoints and records, the training loop, and 1- vs 2-process evaluation."""
 import math
-import os
 import random
-import socket
 
 import numpy as np
 import pytest
@@ -177,17 +175,11 @@ def test_evaluate_batched_equals_one_image_at_a_time():
     assert batched.matrix.sum() == sum(int((m != 255).sum()) for _, m in dataset.items)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dist_eval_worker(rank: int, world: int, port: int, out_path: str, state: dict) -> None:
+def _dist_eval_worker(rank: int, world: int, store_file: str, out_path: str, state: dict) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file store: no port to pick, so no race with other processes for one.
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     model = TinySegNet()
     model.load_state_dict(state)
     cm = evaluate(model, _eval_loader(SizedImages(11), rank, world), torch.device("cpu"), 3)
@@ -201,7 +193,7 @@ def test_two_process_evaluation_equals_single_process(tmp_path):
     model = TinySegNet()
     single = evaluate(model, _eval_loader(SizedImages(11)), torch.device("cpu"), 3).matrix
     out = tmp_path / "matrix.pth"
-    mp.spawn(_dist_eval_worker, args=(2, _free_port(), str(out), model.state_dict()), nprocs=2)
+    mp.spawn(_dist_eval_worker, args=(2, str(tmp_path / "store"), str(out), model.state_dict()), nprocs=2)
     assert torch.equal(torch.load(out, weights_only=True), single)
 
 

@@ -20,6 +20,11 @@ import torch
 from .distributed import is_main_process
 
 
+# Read once: reading it means setting it, which would briefly give files other threads create no umask.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -33,7 +38,7 @@ def atomic_write(path: Union[str, Path], write: Callable[[Any], None], mode: str
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -44,12 +49,6 @@ def atomic_write(path: Union[str, Path], write: Callable[[Any], None], mode: str
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:
