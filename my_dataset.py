@@ -308,9 +308,10 @@ def voc_pairs(voc_root: PathLike, year: str, split: str) -> tuple[list[Pair], Pa
     return pairs, split_file
 
 
-def _voc_class_file(voc_root: PathLike) -> Path:
-    # A classes.json next to VOCdevkit declares the classes of the demo dataset and of custom VOC-layout data.
-    own = Path(voc_root) / "classes.json"
+def _class_file(data_path: PathLike) -> Path:
+    """The dataset's own classes.json (next to VOCdevkit, or next to a folder dataset's splits: the demo data
+    and custom data declare their classes there), else the 21 VOC classes."""
+    own = Path(data_path) / "classes.json"
     return own if own.is_file() else VOC_CLASSES_FILE
 
 
@@ -329,7 +330,7 @@ class VOCSegmentation(SegmentationDataset):
                  transforms: Optional[Transforms] = None, class_names: ClassNames = None) -> None:
         pairs, split_file = voc_pairs(voc_root, year, split)
         _raise_if_missing(missing_files(pairs), split_file)
-        names = resolve_class_names(class_names, _voc_class_file(voc_root))
+        names = resolve_class_names(class_names, _class_file(voc_root))
         super().__init__(pairs, names, transforms)
         self.split = split
 
@@ -393,11 +394,6 @@ def _voc_split(name: str, split: str) -> str:
     return "trainaug" if name == "voc-aug" and split == "train" else split
 
 
-def _folder_class_file(data_path: PathLike) -> Path:
-    own = Path(data_path) / "classes.json"
-    return own if own.is_file() else VOC_CLASSES_FILE
-
-
 def build_dataset(name: str, data_path: PathLike, split: str,
                   transforms: Optional[Transforms] = None) -> SegmentationDataset:
     """The dataset `name` ("voc", "voc-aug" or "folder") for `split`.
@@ -424,7 +420,7 @@ def build_dataset(name: str, data_path: PathLike, split: str,
         raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
     if name == "folder":
         root = Path(data_path) / split
-        return SegmentationFolder(root / "images", root / "masks", transforms, _folder_class_file(data_path))
+        return SegmentationFolder(root / "images", root / "masks", transforms, _class_file(data_path))
     return VOCSegmentation(data_path, split=_voc_split(name, split), transforms=transforms)
 
 
@@ -587,11 +583,11 @@ def _split_pairs(name: str, data_path: PathLike, split: str) -> tuple[list[Pair]
     if name == "folder":
         root = Path(data_path) / split
         pairs, problems = folder_pairs(root / "images", root / "masks")
-        return pairs, problems, load_class_names(_folder_class_file(data_path))
+        return pairs, problems, load_class_names(_class_file(data_path))
     pairs, _ = voc_pairs(data_path, "2012", _voc_split(name, split))
     problems = missing_files(pairs)
     complete = [(image, mask) for image, mask in pairs if image.is_file() and mask.is_file()]
-    return complete, problems, load_class_names(_voc_class_file(data_path))
+    return complete, problems, load_class_names(_class_file(data_path))
 
 
 def scan_split(pairs: list[Pair], class_names: list[str], workers: int, masks_only: bool = False,
