@@ -148,8 +148,12 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for flag, modes in (("--size", ("train", "infer", "data")), ("--image", ("infer",)),
                         ("--image-sizes", ("eval", "data")), ("--num-images", ("eval", "data")),
                         ("--workers", ("data",)), ("--gpu-step-rate", ("data",)),
-                        ("--weights", ("train", "eval", "infer")), ("--num-classes", ("train", "eval", "infer"))):
+                        ("--weights", ("train", "eval", "infer")), ("--num-classes", ("train", "eval", "infer")),
+                        ("--model", ("train", "eval", "infer")), ("--amp", ("train", "eval", "infer")),
+                        ("--channels-last", ("train", "eval", "infer"))):
         _reject(args, flag, modes)
+    if args.compile and args.mode == "data":
+        raise UsageError("--compile does not apply to --mode data (only to train, eval, infer); drop it")
     mode = args.mode
     args.size = args.size or DEFAULT_SIZE.get(mode)
     if mode != "data":  # data's defaults depend on the worker count (see loader_rate)
