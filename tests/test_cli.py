@@ -182,26 +182,8 @@ def test_two_node_launch_on_one_machine(demo, tmp_path):
     assert len(metrics_lines(out)) == 1
 
 
-def one_line_error(result, *needles):
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-
-
-def test_user_errors_are_one_clear_line(trained, demo, tmp_path):
-    one_line_error(run("train.py", "--data-path", tmp_path / "nowhere", "--output-dir", tmp_path / "r", *TINY,
-                       check=False), "VOCdevkit")
-    one_line_error(run("validation.py", "--data-path", demo, "--weights", tmp_path / "missing.pth", check=False),
-                   "missing.pth")
-    one_line_error(run("validation.py", "--data-path", demo, "--weights", trained / "best.pth", "--model",
-                       "fcn8s", check=False), "fcn_resnet50", "--model fcn8s")
-    not_image = tmp_path / "notes.jpg"
-    not_image.write_text("this is not a picture")
-    one_line_error(run("predict.py", "--weights", trained / "best.pth", "--image", not_image, check=False),
-                   "notes.jpg")
+# User errors of every script (missing data path, missing weights, wrong --model for a checkpoint, an image that
+# is not an image, ...) each end in one clear line: tests/test_bad_input.py, one test per row of the README table.
 
 
 def test_validation_under_torchrun_equals_one_process(trained, demo, tmp_path):
