@@ -22,23 +22,21 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from src import model_from_checkpoint
-from src.fuse import prepare_for_inference
-from train_utils.cli import (ArgumentParser, HelpFormatter, add_config_flags, non_negative_int, parse_with_config, positive_int,
-                             run_main)
-from train_utils.distributed import resolve_device
-from train_utils.inference import add_inference_flags, inferer_from_args
-from train_utils.options import MODEL_NAMES
-from train_utils.train_eval import amp_dtype_for, autocast, fast_amp_dtype, prepare_images, whole_image
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+from core.cli import (ArgumentParser, HelpFormatter, add_config_flags, non_negative_int, parse_with_config,
+                      positive_int, run_main)
+from core.palette import VOC_PALETTE, Palette, class_name, default_class_names
+from core.runtime import Runtime, add_runtime_flags, resolve_runtime, synchronize
+from data_utils import IMAGE_EXTENSIONS, read_image, save_mask
+from src import add_model_flags
+from train_utils.inference import add_inference_flags, inferer_from_args, load_inference_model
+from train_utils.train_eval import prepare_images, whole_image
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     add_config_flags(parser)
-    parser.add_argument("--weights", required=True, help="checkpoint (ours, or a raw state dict)")
+    add_model_flags(parser)
+    add_runtime_flags(parser)
     parser.add_argument("--image", required=True, help="an image file or a folder of images")
     parser.add_argument("--output", default=None,
                         help="output PNG for one image, or output folder (default: predictions/)")
@@ -46,12 +44,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="also write <name>_overlay.png: the photo blended with the mask, with a legend")
     parser.add_argument("--probs", action=argparse.BooleanOptionalAction, default=False,
                         help="also write <name>_probs.npy: float16 class probabilities (C, H, W)")
-    parser.add_argument("--model", default=None, choices=MODEL_NAMES, help="architecture for raw state dicts")
-    parser.add_argument("--num-classes", type=positive_int, default=None, help="default: from the checkpoint")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="reduced-precision autocast (default: bf16 where the device runs it natively; "
-                             "--no-amp for fp32)")
     parser.add_argument("--runs", type=positive_int, default=1, help="timed passes per image (after warm-up)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed passes on the first image")
     add_inference_flags(parser)
@@ -60,9 +52,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def list_images(path: Path) -> List[Path]:
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not images:
-            raise FileNotFoundError(f"--image {path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            raise FileNotFoundError(f"--image {path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
         return images
     if not path.is_file():
         raise FileNotFoundError(f"--image {path}: no such file or folder")
@@ -75,42 +67,36 @@ def output_path(args: argparse.Namespace, image: Path, single: bool) -> Path:
     return Path(args.output or "predictions") / f"{image.stem}.png"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
-def predict(model: torch.nn.Module, image: torch.Tensor, device: torch.device, infer, amp) -> torch.Tensor:
+def predict(model: torch.nn.Module, image: torch.Tensor, runtime: Runtime, infer) -> torch.Tensor:
     """(3, H, W) uint8 -> scores (C, H, W) at the image's size (logits, or probabilities under TTA)."""
-    x = prepare_images(image[None], device, channels_last=True)
-    with autocast(device, amp):
+    x = prepare_images(image[None], runtime.device, runtime.channels_last)
+    with runtime.autocast():
         return infer(model, x)[0].float()
 
 
-def timed_predict(model, image, device, infer, amp, runs: int) -> Tuple[torch.Tensor, List[float]]:
+def timed_predict(model, image, runtime: Runtime, infer, runs: int) -> Tuple[torch.Tensor, List[float]]:
     times = []
     for _ in range(runs):
-        sync(device)
+        synchronize(runtime.device)
         start = time.perf_counter()
-        scores = predict(model, image, device, infer, amp)
-        sync(device)
+        scores = predict(model, image, runtime, infer)
+        synchronize(runtime.device)
         times.append(time.perf_counter() - start)
     return scores, times
 
 
-def overlay(photo: np.ndarray, mask: np.ndarray, class_names: List[str], alpha: float = 0.5) -> Image.Image:
-    """The photo blended with the VOC colours of `mask` (background, class 0, left as is), with a legend of
-    the classes present."""
-    from my_dataset import VOC_PALETTE
-
-    palette = np.array(VOC_PALETTE, dtype=np.uint8).reshape(-1, 3)
+def overlay(photo: np.ndarray, mask: np.ndarray, class_names: List[str], alpha: float = 0.5,
+            palette: Palette = VOC_PALETTE) -> Image.Image:
+    """The photo blended with the palette colours of `mask` (background, class 0, left as is), with a legend
+    of the classes present."""
+    palette = np.array(palette, dtype=np.uint8).reshape(-1, 3)
     weight = np.where(mask[..., None] > 0, alpha, 0.0)
     blended = (photo * (1 - weight) + palette[mask] * weight).astype(np.uint8)
     present = [int(c) for c in np.unique(mask)]
     font = ImageFont.load_default()
     row = 16
-    legend_w = 12 + max(int(font.getlength(_name(class_names, c))) for c in present) + 8
+    legend_w = 12 + max(int(font.getlength(class_name(class_names, c))) for c in present) + 8
     canvas = Image.new("RGB", (blended.shape[1] + legend_w, max(blended.shape[0], row * len(present) + 8)),
                        "white")
     canvas.paste(Image.fromarray(blended), (0, 0))
@@ -118,52 +104,41 @@ def overlay(photo: np.ndarray, mask: np.ndarray, class_names: List[str], alpha: 
     for i, c in enumerate(present):
         x, y = blended.shape[1] + 4, 4 + i * row
         draw.rectangle([x, y, x + 10, y + 10], fill=tuple(int(v) for v in palette[c]), outline="black")
-        draw.text((x + 14, y - 1), _name(class_names, c), fill="black", font=font)
+        draw.text((x + 14, y - 1), class_name(class_names, c), fill="black", font=font)
     return canvas
 
 
-def _name(class_names: List[str], c: int) -> str:
-    return class_names[c] if c < len(class_names) else str(c)
-
-
 def main(args: argparse.Namespace) -> int:
-    from my_dataset import load_class_names, read_image, save_mask
-
     images = list_images(Path(args.image))
-    device = resolve_device(args.device)
-    loaded = model_from_checkpoint(args.weights, args.model, args.num_classes)
-    model = prepare_for_inference(loaded.model, device, channels_last=True)
-    names = loaded.class_names or (load_class_names(Path(__file__).with_name("pascal_voc_classes.json"))
-                                   if loaded.num_classes == 21 else [str(i) for i in range(loaded.num_classes)])
+    runtime = resolve_runtime(args)
+    loaded, model = load_inference_model(args, runtime)
+    names = loaded.class_names or default_class_names(loaded.num_classes)
+    palette = loaded.palette or VOC_PALETTE
     infer = inferer_from_args(args) or whole_image
-    if args.amp is None:
-        amp = fast_amp_dtype(device)  # on by default where it is fast
-    else:  # asked for explicitly: also where the device emulates it
-        amp = amp_dtype_for(device) if args.amp else None
     if args.warmup:
         first = read_image(images[0])
         for _ in range(args.warmup):
-            predict(model, first, device, infer, amp)
+            predict(model, first, runtime, infer)
     all_times = []
     for path in tqdm(images, desc="predict", unit="img", disable=len(images) == 1):
         image = read_image(path)
-        scores, times = timed_predict(model, image, device, infer, amp, args.runs)
+        scores, times = timed_predict(model, image, runtime, infer, args.runs)
         all_times += times
         mask = scores.argmax(0).to(torch.uint8).cpu().numpy()
         out = output_path(args, path, len(images) == 1)
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_mask(mask, out)
+        save_mask(mask, out, palette)
         if args.overlay:
-            overlay(image.permute(1, 2, 0).numpy(), mask, names).save(out.with_name(out.stem + "_overlay.png"))
+            overlay(image.permute(1, 2, 0).numpy(), mask, names, palette=palette).save(
+                out.with_name(out.stem + "_overlay.png"))
         if args.probs:
             probs = scores if getattr(infer, "returns_probabilities", False) else scores.softmax(0)
             np.save(out.with_name(out.stem + "_probs.npy"), probs.cpu().numpy().astype(np.float16))
         if len(images) == 1:
-            present = ", ".join(_name(names, int(c)) for c in np.unique(mask))
+            present = ", ".join(class_name(names, int(c)) for c in np.unique(mask))
             print(f"{path} -> {out} ({mask.shape[1]}x{mask.shape[0]}; classes: {present})")
-    precision = "fp32" if amp is None else str(amp).replace("torch.", "")
     mean, median = statistics.mean(all_times) * 1000, statistics.median(all_times) * 1000
-    print(f"inference time ({precision}) over {len(all_times)} passes on {device}: mean {mean:.1f} ms, "
+    print(f"inference time ({runtime.precision}) over {len(all_times)} passes on {runtime.device}: mean {mean:.1f} ms, "
           f"median {median:.1f} ms", file=sys.stderr)
     if len(images) > 1:
         print(f"wrote {len(images)} masks to {Path(args.output or 'predictions')}")

@@ -15,7 +15,7 @@ train.log, results.txt, metrics.jsonl, last.pth and best.pth into --output-dir.
 import argparse
 from typing import Optional, Sequence
 
-from train_utils.cli import parse_with_config, run_main
+from core.cli import parse_with_config, run_main
 from train_utils.options import get_args_parser
 from train_utils.trainer import run_training
 

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from train_utils.cli import parse_with_config, run_main
+from core.cli import parse_with_config, run_main
 from train_utils.options import get_args_parser
 from train_utils.trainer import run_training
 

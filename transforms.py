@@ -11,7 +11,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from train_utils.constants import IGNORE_INDEX
+from core.constants import IGNORE_INDEX
 
 Sample = tuple[tv_tensors.Image, tv_tensors.Mask]
 

@@ -20,47 +20,38 @@ from typing import Dict, List, Optional, Sequence
 
 from torch.utils.data import DataLoader
 
-from src import model_from_checkpoint
-from src.fuse import prepare_for_inference
-from train_utils.checkpoint import append_text, atomic_write, nan_to_none
-from train_utils.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
+from core.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
+from core.platform import append_text, atomic_write, nan_to_none
+from core.runtime import add_runtime_flags, resolve_runtime
+from data_utils import build_dataset, collate_fn
+from src import add_model_flags
 from train_utils.distributed import cleanup, init_distributed_mode
-from train_utils.inference import add_inference_flags, inferer_from_args
+from train_utils.inference import add_inference_flags, inferer_from_args, load_inference_model
 from train_utils.metrics import ConfusionMatrix
-from train_utils.options import MODEL_NAMES, add_data_flags
+from train_utils.options import add_data_flags
 from train_utils.sampler import EvalBatchSampler
-from train_utils.train_eval import amp_dtype_for, evaluate, whole_image
+from train_utils.train_eval import evaluate, whole_image
+from transforms import SegmentationPresetEval
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     add_config_flags(parser)
     add_data_flags(parser)
-    parser.add_argument("--weights", required=True, help="checkpoint (ours, or a raw state dict)")
+    add_model_flags(parser)
+    add_runtime_flags(parser)
     parser.add_argument("--split", default="val", help="split to evaluate")
-    parser.add_argument("--model", default=None, choices=MODEL_NAMES,
-                        help="architecture, for raw state dicts whose layout is ambiguous (default: from the file)")
-    parser.add_argument("--num-classes", type=positive_int, default=None, help="default: from the checkpoint")
     parser.add_argument("--record", default=None,
                         help="record file to append to (default: record_mAP.txt next to the weights)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write all metrics to this JSON file")
     parser.add_argument("-b", "--batch-size", type=positive_int, default=8, help="images per batch (same size)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                        help="bf16 autocast (fp16 where bf16 is unsupported)")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="channels-last memory format (default: on with CUDA)")
     add_inference_flags(parser)
     return parse_with_config(parser, argv)
 
 
 def load_val_set(args: argparse.Namespace, num_classes: int):
-    import my_dataset
-    from transforms import SegmentationPresetEval
-
-    dataset = my_dataset.build_dataset(args.dataset, args.data_path, args.split,
-                                       SegmentationPresetEval(args.eval_size, args.eval_resize_masks))
+    dataset = build_dataset(args.dataset, args.data_path, args.split,
+                            SegmentationPresetEval(args.eval_size, args.eval_resize_masks))
     if dataset.num_classes != num_classes:
         raise ValueError(f"{args.weights}: {num_classes} classes, but the dataset at {args.data_path} has "
                          f"{dataset.num_classes}; evaluate on the data the model was trained for")
@@ -93,24 +84,19 @@ def comparison(results: Dict[str, ConfusionMatrix], class_names: List[str]) -> s
 
 def main(args: argparse.Namespace) -> int:
     info = init_distributed_mode(args.device)
-    loaded = model_from_checkpoint(args.weights, args.model, args.num_classes)
-    channels_last = info.device.type == "cuda" if args.channels_last is None else args.channels_last
-    # No BN folding: the numbers must equal those of the training run's own evaluation, bit for bit.
-    model = prepare_for_inference(loaded.model, info.device, channels_last, fold=False)
+    runtime = resolve_runtime(args, device=info.device)
+    loaded, model = load_inference_model(args, runtime)
     dataset = load_val_set(args, loaded.num_classes)
     class_names = list(loaded.class_names or dataset.class_names)
     sampler = EvalBatchSampler(dataset.image_sizes(), args.batch_size, info.rank, info.world_size)
-    from my_dataset import collate_fn
-
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, collate_fn=collate_fn,
-                        pin_memory=info.device.type == "cuda")
-    amp = amp_dtype_for(info.device) if args.amp else None
-    results = {"single-scale": evaluate(model, loader, info.device, loaded.num_classes, class_names, amp,
-                                        channels_last, whole_image, desc="single-scale")}
+                        pin_memory=runtime.device.type == "cuda")
+    results = {"single-scale": evaluate(model, loader, runtime.device, loaded.num_classes, class_names,
+                                        runtime.amp_dtype, runtime.channels_last, whole_image, desc="single-scale")}
     tta = inferer_from_args(args)
     if tta is not None:
-        results[tta.name] = evaluate(model, loader, info.device, loaded.num_classes, class_names, amp,
-                                     channels_last, tta, desc=tta.name)
+        results[tta.name] = evaluate(model, loader, runtime.device, loaded.num_classes, class_names,
+                                     runtime.amp_dtype, runtime.channels_last, tta, desc=tta.name)
     if info.is_main:
         report(args, loaded.name, len(dataset), results, class_names)
     cleanup()

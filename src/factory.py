@@ -1,4 +1,5 @@
 """The builder table, and building a model from what a checkpoint says about itself."""
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Union
@@ -6,9 +7,12 @@ from typing import Callable, Dict, List, Optional, Union
 import torch
 from torch import nn
 
+from core.checkpoint import load_checkpoint
+from core.cli import positive_int
+from core.palette import Palette
+
 from .fcn_model import fcn_resnet50, fcn_resnet101
 from .vgg_fcn import fcn8s, fcn8s_atonce, fcn16s, fcn32s
-from .weights import extract_state_dict, read_checkpoint
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "fcn_resnet50": fcn_resnet50,
@@ -41,6 +45,30 @@ def build_model(name: str, num_classes: int = 21, aux: Optional[bool] = None,
     return MODELS[name](num_classes=num_classes, aux=aux, pretrained_backbone=pretrained_backbone)
 
 
+def add_model_flags(parser: argparse.ArgumentParser, training: bool = False) -> None:
+    """--model, --num-classes and --weights, for every script that has them.
+
+    Args:
+        training: train.py's meaning: --model picks the architecture to build (default fcn_resnet50) and
+            --weights is an optional starting point; otherwise --weights is the checkpoint to run (required)
+            and --model/--num-classes only disambiguate raw state dicts.
+    """
+    group = parser.add_argument_group("model")
+    if training:
+        group.add_argument("--model", default="fcn_resnet50", choices=tuple(MODELS), help="architecture")
+        group.add_argument("--num-classes", type=positive_int, default=None,
+                           help="number of classes, background included (default: the dataset's class list)")
+        group.add_argument("--weights", default=None, metavar="PATH",
+                           help="start from a whole-model checkpoint (e.g. torchvision's COCO-VOC file); "
+                                "mismatched heads are dropped and reported")
+    else:
+        group.add_argument("--weights", required=True, metavar="PATH",
+                           help="checkpoint (ours, or a raw torchvision / pytorch-fcn state dict)")
+        group.add_argument("--model", default=None, choices=tuple(MODELS),
+                           help="architecture, for raw state dicts whose layout is ambiguous (default: from the file)")
+        group.add_argument("--num-classes", type=positive_int, default=None, help="default: from the checkpoint")
+
+
 def guess_architecture(state: Dict[str, torch.Tensor]) -> List[str]:
     """Model names whose layout matches a raw state dict (FCN-8s and its at-once variant look alike)."""
     if "backbone.conv1.weight" in state:
@@ -70,6 +98,8 @@ class CheckpointModel:
     name: str
     num_classes: int
     class_names: Optional[List[str]]
+    palette: Optional[Palette] = None
+    dataset: Optional[str] = None
 
 
 def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
@@ -80,10 +110,9 @@ def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
     pytorch-fcn files) the architecture and class count are read off the tensors, or given by `name` and
     `num_classes`. A `name` that contradicts the checkpoint is an error, not a silent rebuild.
     """
-    obj = read_checkpoint(path)
-    state = extract_state_dict(obj, path)
-    meta = obj if isinstance(obj, dict) and "model" in obj else {}
-    saved_name, guesses = meta.get("model_name"), guess_architecture(state)
+    ckpt = load_checkpoint(path)
+    state = ckpt.state_dict
+    saved_name, guesses = ckpt.model_name, guess_architecture(state)
     if name is not None and ((saved_name and name != saved_name) or (not saved_name and name not in guesses)):
         found = saved_name or " or ".join(guesses) or "an unknown architecture"
         raise ValueError(f"{path}: holds {found} weights, not --model {name}; drop --model or fix it")
@@ -94,7 +123,7 @@ def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
     if num_classes is not None and found_classes is not None and num_classes != found_classes:
         raise ValueError(f"{path}: has {found_classes} classes, not --num-classes {num_classes}; drop "
                          f"--num-classes or fix it")
-    num_classes = num_classes or meta.get("num_classes") or found_classes
+    num_classes = num_classes or ckpt.num_classes or found_classes
     if num_classes is None:
         raise ValueError(f"{path}: cannot tell the number of classes (no classifier weights); pass --num-classes")
     aux = any(k.startswith("aux_classifier.") for k in state)
@@ -104,4 +133,5 @@ def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
     except RuntimeError as e:
         raise ValueError(f"{path}: does not fit {name} with {num_classes} classes "
                          f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
-    return CheckpointModel(model, name, num_classes, meta.get("class_names"))
+    names = ckpt.class_names if ckpt.class_names is not None and len(ckpt.class_names) == num_classes else None
+    return CheckpointModel(model, name, num_classes, names, ckpt.palette, ckpt.dataset)

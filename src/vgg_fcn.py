@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .weights import load_backbone_weights
+from .weights import VGG16_CONVS, load_backbone_weights
 
 
 def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
@@ -41,14 +41,6 @@ def _score(in_channels: int, num_classes: int) -> nn.Conv2d:
     return layer
 
 
-# (name, in, out) for the 13 VGG16 convolutions; a max-pool follows the last conv of each block.
-VGG16_CONVS: List[tuple] = [
-    ("conv1_1", 3, 64), ("conv1_2", 64, 64),
-    ("conv2_1", 64, 128), ("conv2_2", 128, 128),
-    ("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256),
-    ("conv4_1", 256, 512), ("conv4_2", 512, 512), ("conv4_3", 512, 512),
-    ("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512),
-]
 _POOL_AFTER = {"conv1_2": "pool1", "conv2_2": "pool2", "conv3_3": "pool3", "conv4_3": "pool4", "conv5_3": "pool5"}
 
 

@@ -3,8 +3,6 @@
 Everything is read with `torch.load(..., weights_only=True)`: a checkpoint from elsewhere can carry a pickle
 that runs code, and this refuses it.
 """
-import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -12,50 +10,24 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 from torch import nn
 
+from core.checkpoint import extract_state_dict, read_checkpoint
+
 # torchvision's ImageNet weights that the backbones start from, by backbone name.
 BACKBONE_FILES = {
     "resnet50": "resnet50-0676ba61.pth",
     "resnet101": "resnet101-63fe2227.pth",
     "vgg16": "vgg16-397923af.pth",
 }
+# (name, in, out) for the 13 VGG16 convolutions; a max-pool follows the last conv of each block.
+VGG16_CONVS: List[tuple] = [
+    ("conv1_1", 3, 64), ("conv1_2", 64, 64),
+    ("conv2_1", 64, 128), ("conv2_2", 128, 128),
+    ("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256),
+    ("conv4_1", 256, 512), ("conv4_2", 512, 512), ("conv4_3", 512, 512),
+    ("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512),
+]
 # torchvision features.<i> index of each VGG16 convolution, in order.
 _VGG16_FEATURE_INDICES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
-
-
-def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Any:
-    """torch.load with weights_only=True, turning every way a file can be bad into one clear ValueError."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file; check the path")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # the unpickler raises anything (IndexError, KeyError, ...) on garbage bytes
-        culprit = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "global" in line), None)
-        if isinstance(e, pickle.UnpicklingError) and culprit:
-            raise ValueError(f"{path}: refused by weights_only=True loading: it references Python objects beyond "
-                             f"tensors and plain containers, which could run code ({culprit}); use a checkpoint "
-                             f"of plain tensors from a source you trust") from None
-        # torch wraps unpickler errors in advice to retry with weights_only=False: keep only the cause.
-        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
-        first = detail.group(1) if detail else (str(e).strip().splitlines() or [type(e).__name__])[0]
-        first = first.split(". ")[0].rstrip(".")[:200]  # the cause, without torch's follow-up sentences
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {first}") from None
-
-
-def extract_state_dict(obj: Any, path: Union[str, Path] = "<checkpoint>") -> Dict[str, torch.Tensor]:
-    """The model state dict inside a loaded checkpoint: ours ("model"), other trainers' keys, or a raw dict."""
-    if isinstance(obj, dict):
-        for key in ("model", "model_state_dict", "state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: holds no model state dict (expected tensors, or a dict with a 'model' entry)")
-    # Checkpoints saved from a DDP- or compile-wrapped model carry a prefix on every key.
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
-    return dict(obj)
 
 
 @dataclass
@@ -136,8 +108,6 @@ def _fetch_torchvision_backbone(arch: str) -> Dict[str, torch.Tensor]:
 
 def vgg16_to_fcn(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """torchvision VGG16 keys to the FCN layer names; fc6/fc7 Linear weights reshaped into conv kernels."""
-    from .vgg_fcn import VGG16_CONVS  # here, not at the top: vgg_fcn imports this module
-
     out = {}
     for (name, _, _), idx in zip(VGG16_CONVS, _VGG16_FEATURE_INDICES):
         out[f"{name}.weight"] = state[f"features.{idx}.weight"]

@@ -68,8 +68,9 @@ def test_run_directory_contents(trained):
     assert "[epoch: 0]" in results and "[epoch: 1]" in results and "mean IoU:" in results
     assert [m["epoch"] for m in metrics_lines(trained)] == [0, 1]
     ckpt = torch.load(trained / "last.pth", weights_only=True)
-    assert ckpt["model_name"] == "fcn_resnet50" and ckpt["next_epoch"] == 2
-    assert ckpt["class_names"][0] == "background" and len(ckpt["rng"]) == 1
+    assert ckpt["format_version"] == 2 and ckpt["model_name"] == "fcn_resnet50"
+    assert ckpt["training"]["next_epoch"] == 2 and ckpt["epoch"] == 1 and ckpt["dataset"] == "voc"
+    assert ckpt["class_names"][0] == "background" and len(ckpt["training"]["rng"]) == 1
 
 
 def test_validation_matches_training_eval_and_appends(trained, demo, tmp_path):
@@ -107,6 +108,31 @@ def test_predict_folder(trained, demo, tmp_path):
         "--device", "cpu")
     written = sorted(p.stem for p in (tmp_path / "out").glob("*.png"))
     assert written == sorted(p.stem for p in images.glob("*.jpg"))
+
+
+@pytest.mark.parametrize("flags", [[], ["--amp"]])
+def test_predict_writes_the_masks_validation_scores(trained, demo, tmp_path, flags):
+    """The same flags give the same runtime in both scripts: the masks predict.py writes, scored here with
+    numpy, reproduce validation.py's numbers exactly."""
+    voc = demo / "VOCdevkit" / "VOC2012"
+    val_ids = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in val_ids:
+        shutil.copy(voc / "JPEGImages" / f"{i}.jpg", images)
+    run("predict.py", "--weights", trained / "best.pth", "--image", images, "--output", tmp_path / "masks",
+        "--device", "cpu", *flags)
+    matrix = np.zeros((5, 5), dtype=np.int64)
+    for i in val_ids:
+        gt = np.array(Image.open(voc / "SegmentationClass" / f"{i}.png")).ravel()
+        pred = np.array(Image.open(tmp_path / "masks" / f"{i}.png")).ravel()
+        keep = gt != 255
+        matrix += np.bincount(5 * gt[keep].astype(np.int64) + pred[keep], minlength=25).reshape(5, 5)
+    iou = np.diag(matrix) / (matrix.sum(0) + matrix.sum(1) - np.diag(matrix))
+    scored = validate_json(demo, trained / "best.pth", tmp_path, *flags)["single-scale"]
+    assert scored["num_pixels"] == matrix.sum()
+    assert scored["pixel_acc"] == pytest.approx(np.trace(matrix) / matrix.sum(), abs=1e-12)
+    assert scored["iou"] == pytest.approx(iou.tolist(), abs=1e-12, nan_ok=True)
 
 
 def test_resume_auto_continues(trained, demo, tmp_path):

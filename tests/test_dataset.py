@@ -1,8 +1,11 @@
-"""Tests of my_dataset.py: mask and image I/O, the datasets and their errors, collation, demo data, the CLI."""
+"""Tests of my_dataset.py and data_utils/: mask and image I/O (EXIF orientation, label maps), the datasets and
+their errors, the dataset registry, collation, demo data, pixel counts, the CLI, and the data layer's imports."""
 import json
 import re
+import shutil
 import subprocess
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
@@ -20,7 +23,9 @@ import my_dataset
 from my_dataset import (DEMO_CLASSES, VOC_CLASSES_FILE, VOC_PALETTE, SegmentationFolder, VOCSegmentation,
                         build_dataset, collate_fn, load_class_names, make_demo_dataset, read_image, read_mask,
                         save_mask)
-from train_utils.constants import IGNORE_INDEX
+from core.constants import IGNORE_INDEX
+from data_utils import (DATASETS, IMAGE_EXTENSIONS, DatasetSpec, SegmentationDataset, class_pixel_counts,
+                        find_voc_pairs, image_size, make_label_map)
 
 
 def named(path: Path) -> str:
@@ -164,6 +169,64 @@ def test_read_image_not_an_image(tmp_path):
         read_image(path)
     with pytest.raises(FileNotFoundError, match="absent.jpg"):
         read_image(tmp_path / "absent.jpg")
+
+
+# ---------------------------------------------------------------------------------------- EXIF orientation
+
+def save_photo(path: Path, stored: np.ndarray, orientation: int = 1) -> None:
+    """Saves `stored` (H, W, 3) with an EXIF Orientation tag, as cameras do instead of turning the pixels."""
+    if path.suffix == ".tif":
+        Image.fromarray(stored).save(path, tiffinfo={0x0112: orientation})
+        return
+    if orientation == 1:
+        Image.fromarray(stored).save(path)
+        return
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+
+
+# np.rot90 turns counter-clockwise for k > 0: orientation 6 is displayed after a quarter turn clockwise, 8 after
+# one counter-clockwise, 3 after a half turn.
+@pytest.mark.parametrize("name, orientation, turns", [("photo.jpg", 6, -1), ("photo.jpg", 8, 1), ("photo.png", 8, 1),
+                                                      ("photo.webp", 6, -1), ("photo.tif", 6, -1),
+                                                      ("photo.tif", 3, 2)])
+def test_read_image_applies_exif_orientation(tmp_path, name, orientation, turns):
+    stored = np.random.default_rng(0).integers(0, 256, (20, 36, 3), dtype=np.uint8)  # 36 wide, 20 high
+    path, plain = tmp_path / name, tmp_path / f"plain{Path(name).suffix}"
+    save_photo(path, stored, orientation)
+    save_photo(plain, stored)  # the same pixels without EXIF: the lossy formats decode to the same values
+    displayed = np.rot90(np.array(Image.open(plain).convert("RGB")), k=turns)
+    image = read_image(path)
+    assert image.shape == (3, *displayed.shape[:2]) and np.array_equal(image.numpy(), displayed.transpose(2, 0, 1))
+    assert image_size(path) == displayed.shape[:2] == ((36, 20) if turns != 2 else (20, 36))
+
+
+# A PNG without EXIF is the case where asking PIL for the EXIF data would decode the whole file.
+@pytest.mark.parametrize("name, orientation, size", [("photo.jpg", 6, (90, 60)), ("photo.png", 6, (90, 60)),
+                                                     ("photo.png", 1, (60, 90))])
+def test_image_size_reads_orientation_from_the_header_only(tmp_path, name, orientation, size):
+    path = tmp_path / name
+    save_photo(path, np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8), orientation)
+    truncate(path)  # pixel data cut off: only a header-only read can still size it
+    assert image_size(path) == size
+    with pytest.raises(ValueError, match=named(path)):
+        read_image(path)
+
+
+def test_masks_are_not_exif_rotated_and_pair_with_the_displayed_photo(tmp_path):
+    photo, mask_path = tmp_path / "photo.jpg", tmp_path / "mask.png"
+    save_photo(photo, np.zeros((20, 36, 3), np.uint8), orientation=6)
+    mask = np.zeros((36, 20), np.uint8)  # drawn over the photo as displayed: 20 wide, 36 high
+    mask[:10, :5] = 1
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(mask).save(mask_path, exif=exif.tobytes())  # even a mask carrying EXIF stays as stored
+    assert np.array_equal(read_mask(mask_path), mask)
+    dataset = SegmentationDataset([(photo, mask_path)], ["background", "thing"])
+    image, loaded = dataset[0]
+    assert image.shape == (3, 36, 20) and dataset.image_sizes() == [(36, 20)]
+    assert np.array_equal(loaded.numpy(), mask)
 
 
 # ------------------------------------------------------------------------------------------- VOC dataset
@@ -377,6 +440,123 @@ def test_build_dataset_unknown_name(tmp_path):
         build_dataset("coco", tmp_path, "train")
 
 
+def test_folder_reads_ppm_images(tmp_path):
+    images, masks = make_folder_split(tmp_path)
+    rgb = np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(images / "d.ppm")
+    write_palette_png(masks / "d.png", np.zeros((20, 30), np.uint8))
+    dataset = SegmentationFolder(images, masks, class_names=["bg", "x", "y"])
+    assert ".ppm" in IMAGE_EXTENSIONS and dataset.pairs[3][0].name == "d.ppm"
+    assert np.array_equal(dataset[3][0].numpy(), rgb.transpose(2, 0, 1))
+
+
+# ------------------------------------------------------------------------------------ registry, label maps
+
+# Raw VOC ids -> train ids of a three-class subset; every other id becomes IGNORE_INDEX.
+SUBSET = {0: 0, 15: 1, 9: 2}  # background, person, chair
+
+
+def subset_spec(label_map: np.ndarray) -> DatasetSpec:
+    return DatasetSpec("voc-subset", "VOC's background, people and chairs", ("train", "val"), find_voc_pairs,
+                       class_names=lambda _: ["background", "person", "chair"], label_map=label_map)
+
+
+def subset_mask(raw: np.ndarray) -> np.ndarray:
+    """SUBSET applied with comparisons, independently of the lookup table the code uses."""
+    expected = np.full_like(raw, IGNORE_INDEX)
+    for raw_id, train_id in SUBSET.items():
+        expected[raw == raw_id] = train_id
+    return expected
+
+
+def test_make_label_map():
+    table = make_label_map(SUBSET)
+    assert table.shape == (256,) and table.dtype == np.uint8
+    assert [int(table[i]) for i in range(256)] == [SUBSET.get(i, IGNORE_INDEX) for i in range(256)]
+    with pytest.raises(ValueError, match="outside 0..255"):
+        make_label_map({300: 1})
+
+
+def test_label_map_applied_when_masks_are_read(voc_root, voc2012, monkeypatch, tmp_path):
+    table = np.full(256, IGNORE_INDEX, np.uint8)
+    table[list(SUBSET)] = list(SUBSET.values())
+    monkeypatch.setitem(DATASETS, "voc-subset", subset_spec(table))
+    dataset = build_dataset("voc-subset", voc_root, "val")
+    assert type(dataset) is SegmentationDataset and dataset.num_classes == 3 and dataset.palette == VOC_PALETTE
+    expected_counts = np.zeros(256, np.int64)
+    for index, sample_id in enumerate(VAL_IDS):
+        raw = pil_mask(voc2012 / "SegmentationClass" / f"{sample_id}.png")
+        expected = subset_mask(raw)
+        # The raw masks hold VOC ids up to 20: they pass the 3-class check only because the map comes first.
+        assert np.array_equal(dataset[index][1].numpy(), expected)
+        assert np.array_equal(read_mask(voc2012 / "SegmentationClass" / f"{sample_id}.png", table), expected)
+        expected_counts += np.bincount(expected.ravel(), minlength=256)
+    raw = pil_mask(voc2012 / "SegmentationClass" / "voc_sample.png")
+    assert (raw == 5).any() and (dataset[1][1].numpy()[(raw == 5) | (raw == 11)] == IGNORE_INDEX).all()
+
+    # Two ranks' shares of the masks, one counted in a worker process, add up to the whole split.
+    shards = [class_pixel_counts(dataset, range(rank, len(dataset), 2), workers=rank, progress=False)
+              for rank in range(2)]
+    assert all(shard.shape == (256,) and shard.dtype == np.int64 for shard in shards)
+    assert np.array_equal(shards[0] + shards[1], expected_counts)
+
+    counts_file = tmp_path / "counts.json"
+    args = my_dataset.parse_args(["check", "--data-path", str(voc_root), "--dataset", "voc-subset", "--split", "val",
+                                  "--workers", "0", "--save-counts", str(counts_file)])
+    assert my_dataset.main(args) == 0
+    report = json.loads(counts_file.read_text())
+    assert report["counts"] == expected_counts[:3].tolist() and report["ignored"] == expected_counts[IGNORE_INDEX]
+
+
+def test_registry_entry_checks_its_fields_and_files(voc_root, voc2012, monkeypatch):
+    with pytest.raises(ValueError, match="voc-subset.*256"):
+        subset_spec(np.zeros(256, np.int64))
+    monkeypatch.setitem(DATASETS, "voc-subset", subset_spec(make_label_map(SUBSET)))
+    missing = voc2012 / "SegmentationClass" / "gen_003.png"
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match=named(missing)) as info:
+        build_dataset("voc-subset", voc_root, "val")
+    assert "--dataset voc-subset" in str(info.value)
+
+
+def voc_aug_tree(root: Path) -> Path:
+    """The VOC tree plus trainaug.txt and SegmentationClassAug (copies of the train masks)."""
+    voc = build_voc_tree(root) / "VOCdevkit" / "VOC2012"
+    (voc / "SegmentationClassAug").mkdir()
+    for sample_id in TRAIN_IDS:
+        shutil.copyfile(voc / "SegmentationClass" / f"{sample_id}.png",
+                        voc / "SegmentationClassAug" / f"{sample_id}.png")
+    (voc / "ImageSets" / "Segmentation" / "trainaug.txt").write_text("\n".join(TRAIN_IDS) + "\n")
+    return root
+
+
+def folder_tree(root: Path) -> Path:
+    for split in ("train", "val"):
+        make_folder_split(root / split)
+    return root
+
+
+# A data tree for each DATASETS entry: an entry added without one fails the test below.
+LAYOUTS = {"voc": build_voc_tree, "voc-aug": voc_aug_tree, "folder": folder_tree}
+
+
+def test_registry_is_the_single_source_of_datasets(tmp_path, capsys):
+    assert set(LAYOUTS) == set(DATASETS)
+    for name, spec in DATASETS.items():
+        root = LAYOUTS[name](tmp_path / name)
+        assert {"train", "val"} <= set(spec.splits) and spec.description and "\n" not in spec.description
+        for split in ("train", "val"):
+            dataset = build_dataset(name, root, split)
+            image, mask = dataset[len(dataset) - 1]
+            assert tuple(image.shape[1:]) == tuple(mask.shape)
+            assert dataset.class_names == spec.class_names(root) and dataset.palette == spec.palette
+        # In process (the script's own path is run by test_cli_demo_then_check_passes): argparse's choices and
+        # the scan both come from the registry.
+        args = my_dataset.parse_args(["check", "--data-path", str(root), "--dataset", name, "--workers", "0"])
+        assert my_dataset.main(args) == 0
+        assert f"images scanned: {len(build_dataset(name, root, 'train'))} " in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------------------------- collate
 
 def test_collate_pads_images_with_zero_and_masks_with_ignore():
@@ -537,3 +717,31 @@ def test_build_voc_tree_fixture_is_readable(tmp_path):
     root = build_voc_tree(tmp_path)
     mask = pil_mask(root / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "voc_sample.png")
     assert set(np.unique(mask).tolist()) == {0, 5, 9, 11, 15, IGNORE_INDEX}
+
+
+# ------------------------------------------------------------------------------------------------ layers
+
+def test_data_layer_imports_only_core():
+    # In a fresh interpreter: which of the project's own top-level modules each import pulls in.
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        root, env = Path.cwd().resolve(), Path(sys.prefix).resolve()
+
+        def project_modules():
+            # Absolute paths only: torch's built-in namespaces carry bare file names like "_ops.py".
+            files = [Path(m.__file__) for m in list(sys.modules.values()) if getattr(m, "__file__", None)]
+            files = [f.resolve() for f in files if f.is_absolute()]
+            return sorted({f.relative_to(root).parts[0].removesuffix(".py") for f in files
+                           if f.is_relative_to(root) and not f.is_relative_to(env)})
+
+        import data_utils
+        print(project_modules())
+        import my_dataset, transforms
+        print(project_modules())
+        print([m for m in sys.modules if m.startswith(("train_utils", "src"))])
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["['core', 'data_utils']",
+                                          "['core', 'data_utils', 'my_dataset', 'transforms']", "[]"]

@@ -14,8 +14,8 @@ import torch
 
 from my_dataset import make_demo_dataset
 from test_cli import ROOT, TINY, metrics_lines, run
-from train_utils.cli import UsageError
-from train_utils.trainer import check_free_space, prepare_output_dir
+from core.cli import UsageError
+from train_utils.run_dir import check_free_space, prepare_output_dir
 
 # Fewer iterations per print, so that signals are honoured quickly.
 FAST = [*TINY, "--no-aux"]
@@ -80,7 +80,7 @@ def test_signal_saves_a_resumable_checkpoint(demo, tmp_path, start_training, sig
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
     assert "received" in stderr and "continue with --resume auto" in (out / "train.log").read_text()
-    ckpt = torch.load(out / "last.pth", weights_only=True)
+    ckpt = torch.load(out / "last.pth", weights_only=True)["training"]
     assert (ckpt["next_epoch"], ckpt["next_step"] > 0) in {(1, True), (2, False)}
     run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "3", "--resume", "auto", *FAST)
     assert [m["epoch"] for m in metrics_lines(out)] == [0, 1, 2]

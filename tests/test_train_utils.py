@@ -9,10 +9,10 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from core.checkpoint import Checkpoint, save_checkpoint
+from core.platform import append_jsonl, append_text, atomic_copy, atomic_write, nan_to_none
 from train_utils import (ConfusionMatrix, EvalBatchSampler, NonFiniteLossError, SeededDataset, TrainOptions,
-                         TrainSampler, append_jsonl, append_text, atomic_write, create_lr_scheduler, evaluate,
-                         get_rng_state, save_checkpoint, set_rng_state, train_one_epoch)
-from train_utils.checkpoint import nan_to_none
+                         TrainSampler, create_lr_scheduler, evaluate, get_rng_state, set_rng_state, train_one_epoch)
 
 
 # ------------------------------------------------------------------------------------------------ samplers
@@ -80,7 +80,7 @@ def test_eval_batch_sampler_counts_every_image_once():
 
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "last.pth"
-    save_checkpoint({"w": torch.ones(3)}, path)
+    atomic_write(path, lambda f: torch.save({"w": torch.ones(3)}, f))
 
     def crash(f):
         f.write(b"half a checkpoint")
@@ -113,10 +113,10 @@ def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
     torch.manual_seed(3)
     state = get_rng_state()
     path = tmp_path / "rng.pth"
-    save_checkpoint({"rng": state}, path)
+    save_checkpoint(Checkpoint({"w": torch.zeros(1)}, training={"rng": state}), path)
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     random.random(), np.random.rand(), torch.rand(1)
-    set_rng_state(torch.load(path, weights_only=True)["rng"])
+    set_rng_state(torch.load(path, weights_only=True)["training"]["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
@@ -209,7 +209,7 @@ def _train(model, dataset, epochs_range, opt_state=None, lr=0.1, **opts):
     for epoch in epochs_range:
         sampler.set_epoch(epoch)
         result = train_one_epoch(model, opt, loader, torch.device("cpu"), epoch, sched,
-                                 TrainOptions(num_classes=3, print_freq=2, **opts), log=lambda s: None)
+                                 TrainOptions(num_classes=3, print_freq=2, **opts))
         losses.append(result.loss)
     return losses, {"opt": opt.state_dict(), "sched": sched.state_dict()}
 
@@ -251,8 +251,7 @@ def test_stop_request_interrupts_at_print_interval():
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     sched = create_lr_scheduler(opt, len(loader), 1)
     result = train_one_epoch(model, opt, loader, torch.device("cpu"), 0, sched,
-                             TrainOptions(num_classes=3, print_freq=2, should_stop=lambda: True),
-                             log=lambda s: None)
+                             TrainOptions(num_classes=3, print_freq=2, should_stop=lambda: True))
     assert result.interrupted and result.steps == 2
 
 
@@ -263,12 +262,10 @@ def test_confusion_matrix_device_allocation_for_empty_rank():
 
 
 def test_atomic_copy_survives_replacing_the_source(tmp_path):
-    from train_utils.checkpoint import atomic_copy
-
     last, best = tmp_path / "last.pth", tmp_path / "best.pth"
-    save_checkpoint({"epoch": 1}, last)
+    save_checkpoint(Checkpoint({"w": torch.zeros(1)}, epoch=1), last)
     atomic_copy(last, best)
-    save_checkpoint({"epoch": 2}, last)  # replaced, not modified: best keeps epoch 1
+    save_checkpoint(Checkpoint({"w": torch.zeros(1)}, epoch=2), last)  # replaced, not modified: best keeps epoch 1
     assert torch.load(best, weights_only=True)["epoch"] == 1
     assert torch.load(last, weights_only=True)["epoch"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]

@@ -5,7 +5,7 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 from my_dataset import VOCSegmentation, collate_fn
-from train_utils.constants import IGNORE_INDEX
+from core.constants import IGNORE_INDEX
 from transforms import SegmentationPresetEval, SegmentationPresetTrain
 
 

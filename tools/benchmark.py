@@ -30,24 +30,27 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 import torch.nn.functional as F
 import torchvision
+from PIL import Image
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import segmentation as tv_segmentation
 from torchvision.transforms.v2 import functional as TF
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's packages live at the repository root
+from core.cli import (ArgumentParser, UsageError, add_config_flags, non_negative_int, parse_with_config,  # noqa: E402
+                      positive_float, positive_int, run_main)
+from core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from core.runtime import Runtime, add_runtime_flags, autocast, resolve_runtime  # noqa: E402
+from data_utils import build_dataset, collate_fn, read_image, save_mask  # noqa: E402
 from src import build_model, model_from_checkpoint  # noqa: E402
 from src.fuse import prepare_for_inference  # noqa: E402
-from train_utils.cli import (ArgumentParser, UsageError, add_config_flags, non_negative_int, parse_with_config,  # noqa: E402
-                             positive_float, positive_int, run_main)
-from train_utils.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from train_utils.distributed import DistInfo, resolve_device  # noqa: E402
+from transforms import SegmentationPresetTrain  # noqa: E402
+from train_utils.builders import loader_kwargs  # noqa: E402
 from train_utils.loss import check_target  # noqa: E402
 from train_utils.lr import create_lr_scheduler, create_optimizer  # noqa: E402
 from train_utils.sampler import EvalBatchSampler, SeededDataset, TrainSampler  # noqa: E402
-from train_utils.train_eval import (TrainOptions, train_step, autocast, evaluate,  # noqa: E402
-                                    fast_amp_dtype, prepare_images)
+from train_utils.train_eval import TrainOptions, evaluate, prepare_images, train_step  # noqa: E402
 
 MODES = ("train", "eval", "infer", "data")
 TV_BUILDERS = {"fcn_resnet50": tv_segmentation.fcn_resnet50, "fcn_resnet101": tv_segmentation.fcn_resnet101}
@@ -98,7 +101,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p("--model", choices=list(TV_BUILDERS), default=None,
       help="architecture; the baseline is torchvision's model of the same name (default: the --weights "
            "checkpoint's model, else fcn_resnet50)")
-    p("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p("-b", "--batch-size", type=positive_int, default=8,
       help="images per training step, per eval batch of ours (the baseline evaluates one at a time) and per "
            "loader batch; infer always uses 1")
@@ -111,13 +113,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
       help="timed units per variant: train steps (default 50), eval passes (5), infer calls (50), data batches "
            "(max(50, 10 x workers))")
     p("--rounds", type=positive_int, default=5, help="the timed units are split into this many alternating rounds")
-    p("--amp", action=argparse.BooleanOptionalAction, default=None,
-      help="autocast for ours (default: bf16 where the device runs it natively, fp16 on older GPUs, fp32 on "
-           "CPUs without bf16); the baseline is always fp32")
-    p("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-      help="channels-last for ours (default: on with CUDA; always on for infer, as in predict.py)")
-    p("--compile", action=argparse.BooleanOptionalAction, default=False,
-      help="torch.compile our model (never the baseline)")
     p("--num-classes", type=positive_int, default=None, help="output classes (default: 21, or the checkpoint's)")
     p("--weights", default=None, metavar="PATH",
       help="checkpoint loaded into both models (default: the same random weights)")
@@ -134,6 +129,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p("--gpu-step-rate", type=positive_float, default=None, metavar="IMGS",
       help="data: GPU training images/s (from --mode train) that the loader has to keep up with")
     p("--json", default=None, metavar="FILE", help="write the protocol and all numbers to this JSON file")
+    # Ours runs with the flags of every other script (the same runtime policy); the baseline is always
+    # torchvision's fp32, contiguous, eager recipe.
+    add_runtime_flags(parser)
     add_config_flags(parser)
     return parse_with_config(parser, argv)
 
@@ -149,11 +147,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
                         ("--image-sizes", ("eval", "data")), ("--num-images", ("eval", "data")),
                         ("--workers", ("data",)), ("--gpu-step-rate", ("data",)),
                         ("--weights", ("train", "eval", "infer")), ("--num-classes", ("train", "eval", "infer")),
-                        ("--model", ("train", "eval", "infer")), ("--amp", ("train", "eval", "infer")),
-                        ("--channels-last", ("train", "eval", "infer"))):
+                        ("--model", ("train", "eval", "infer")), ("--channels-last", ("train", "eval", "infer"))):
         _reject(args, flag, modes)
-    if args.compile and args.mode == "data":
-        raise UsageError("--compile does not apply to --mode data (only to train, eval, infer); drop it")
+    for flag in ("amp", "compile"):
+        if getattr(args, flag) and args.mode == "data":
+            raise UsageError(f"--{flag} does not apply to --mode data (only to train, eval, infer); drop it")
     mode = args.mode
     args.size = args.size or DEFAULT_SIZE.get(mode)
     if mode != "data":  # data's defaults depend on the worker count (see loader_rate)
@@ -173,14 +171,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 class Setup:
     """The device and what ours runs with there (the baseline is always fp32, contiguous, not compiled)."""
 
-    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
-        self.device = device
-        self.amp = fast_amp_dtype(device) if args.amp is not False else None
-        if args.amp and self.amp is None:
-            self.amp = torch.bfloat16  # asked for explicitly: emulated where the device has no native support
-        default_cl = args.mode == "infer" or device.type == "cuda"
-        self.channels_last = default_cl if args.channels_last is None else args.channels_last
-        self.compile = args.compile
+    def __init__(self, runtime: Runtime) -> None:
+        self.device = runtime.device
+        self.amp = runtime.amp_dtype
+        self.channels_last = runtime.channels_last
+        self.compile = runtime.compile
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -387,8 +382,6 @@ class OurEval:
 
     def __init__(self, model: nn.Module, images: List[torch.Tensor], masks: List[torch.Tensor], setup: Setup,
                  batch_size: int) -> None:
-        from my_dataset import collate_fn
-
         model.aux_classifier = None  # validation.py drops it: its output is never used in evaluation
         self.model = model.to(setup.device, memory_format=setup.memory_format).eval()
         self.net = torch.compile(self.model) if setup.compile else self.model
@@ -489,8 +482,6 @@ def infer_image(args: argparse.Namespace) -> torch.Tensor:
     """uint8 (3, size, size): --image resized, or a synthetic smooth image."""
     if args.image is None:
         return smooth_images(1, (args.size, args.size), torch.Generator().manual_seed(args.seed))[0]
-    from my_dataset import read_image
-
     return TF.resize(read_image(args.image), [args.size, args.size], antialias=True)
 
 
@@ -795,10 +786,6 @@ def bench_infer(args: argparse.Namespace, setup: Setup) -> Dict[str, Any]:
 
 def write_folder_dataset(root: Path, args: argparse.Namespace) -> Path:
     """--num-images VOC-like JPEGs (quality 90) and palette PNG masks in build_dataset's "folder" layout."""
-    from PIL import Image
-
-    from my_dataset import save_mask
-
     (root / "train" / "images").mkdir(parents=True)
     (root / "train" / "masks").mkdir(parents=True)
     images, masks = eval_data(args, 21)
@@ -817,15 +804,13 @@ def loader_counts(args: argparse.Namespace, workers: int) -> Tuple[int, int]:
 
 def loader_rate(dataset: Dataset, workers: int, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     """Images/s of train.py's training DataLoader with `workers` workers, after its warm-up batches."""
-    from train_utils.trainer import loader_kwargs
-
     warmup, iters = loader_counts(args, workers)
     # The files repeat so that the whole run is one epoch, as with a real training set: a short epoch would
     # idle workers at every epoch boundary.
     repeats = math.ceil((warmup + iters) * args.batch_size / len(dataset))
     dataset = ConcatDataset([dataset] * repeats)
     sampler = TrainSampler(len(dataset), args.batch_size, seed=args.seed)
-    kwargs = loader_kwargs(argparse.Namespace(workers=workers, seed=args.seed), DistInfo(device=device))
+    kwargs = loader_kwargs(argparse.Namespace(workers=workers, seed=args.seed), Runtime(device))
     batches = iter(DataLoader(SeededDataset(dataset), batch_size=args.batch_size, sampler=sampler,
                               drop_last=True, **kwargs))
     for _ in range(warmup):  # includes starting the worker processes
@@ -844,9 +829,9 @@ def data_protocol(args: argparse.Namespace, device: torch.device) -> Dict[str, s
                  f"worker count, default max(50, 10 x workers)), after warmup_batches untimed ones (default "
                  f"max(5, 2 x workers); worker start-up falls there), one worker count at a time, one epoch",
         "inputs": f"{args.num_images} JPEGs (quality 90, HxW {sizes} in turn) with palette PNG masks in a temporary "
-                  f"folder dataset, read by my_dataset.build_dataset('folder')",
+                  f"folder dataset, read by data_utils.build_dataset('folder')",
         "ours": f"SeededDataset + TrainSampler + collate_fn, SegmentationPresetTrain({args.base_size}, {args.size}), "
-                f"train.py's loader settings (trainer.loader_kwargs: persistent workers, prefetch 4, pin_memory "
+                f"train.py's loader settings (builders.loader_kwargs: persistent workers, prefetch 4, pin_memory "
                 f"{device.type == 'cuda'})",
         "baseline": "none: this mode measures whether our loader keeps the GPU fed, not a speed-up",
         "gpu": f"loader images/s / --gpu-step-rate, enough when >= {LOADER_HEADROOM}"
@@ -855,14 +840,10 @@ def data_protocol(args: argparse.Namespace, device: torch.device) -> Dict[str, s
 
 
 def bench_data(args: argparse.Namespace, setup: Setup) -> Dict[str, Any]:
-    import my_dataset
-    from transforms import SegmentationPresetTrain
-
     rows = []
     with tempfile.TemporaryDirectory(prefix="fcn_benchmark_") as tmp:
         root = write_folder_dataset(Path(tmp), args)
-        dataset = my_dataset.build_dataset("folder", root, "train",
-                                           SegmentationPresetTrain(args.base_size, args.size))
+        dataset = build_dataset("folder", root, "train", SegmentationPresetTrain(args.base_size, args.size))
         for workers in args.workers:
             row = loader_rate(dataset, workers, args, setup.device)
             gpu = row["images_per_s"] / args.gpu_step_rate if args.gpu_step_rate else None
@@ -1000,10 +981,11 @@ def finite(result: Any) -> Any:
 
 def main(args: argparse.Namespace) -> int:
     args = resolve_args(args)
-    device = resolve_device(args.device)
+    runtime = resolve_runtime(args)
+    device = runtime.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as TV's train.py and ours do; warm-up covers every input shape
-    setup = Setup(args, device)
+    setup = Setup(runtime)
     env = environment(device)
     bench = {"train": bench_train, "eval": bench_eval, "infer": bench_infer, "data": bench_data}[args.mode]
     model = None if args.mode == "data" else args.model

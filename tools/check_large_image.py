@@ -18,16 +18,14 @@ from typing import Optional, Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
-from src import MODELS, build_model  # noqa: E402
-from train_utils.cli import ArgumentParser, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
+from core.cli import ArgumentParser, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
+from src import add_model_flags, build_model, load_model_weights  # noqa: E402
 from train_utils.inference import add_inference_flags, inferer_from_args, make_inferer, window_starts  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", choices=list(MODELS), default="fcn_resnet50", help="architecture")
-    parser.add_argument("--num-classes", type=positive_int, default=21, help="output classes")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_flags(parser, training=True)  # --weights: a checkpoint's weights instead of random ones
     parser.add_argument("--height", type=positive_int, default=3000, help="image height in pixels")
     parser.add_argument("--width", type=positive_int, default=4000, help="image width in pixels")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
@@ -63,7 +61,10 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     infer = inferer_from_args(args) or make_inferer()  # None means the plain whole-image forward
+    args.num_classes = args.num_classes or 21
     model = build_model(args.model, num_classes=args.num_classes, aux=False).eval()
+    if args.weights:
+        print(f"weights from {args.weights}: {load_model_weights(model, args.weights)}")
     images = torch.randn(1, 3, args.height, args.width)
     windows = ""
     if args.mode == "slide":

@@ -19,17 +19,18 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from my_dataset import load_class_names, make_demo_dataset  # noqa: E402
+from core.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
+from core.cli import USER_ERRORS, ArgumentParser, HelpFormatter, one_line  # noqa: E402
+from core.palette import load_class_names  # noqa: E402
+from core.runtime import add_device_flag  # noqa: E402
+from data_utils import make_demo_dataset  # noqa: E402
 from src import build_model  # noqa: E402
-from train_utils.checkpoint import save_checkpoint  # noqa: E402
-from train_utils.cli import USER_ERRORS, ArgumentParser, HelpFormatter, one_line  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="training config")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device_flag(parser)
     parser.add_argument("--min-miou", type=float, default=0.5, help="fail if the trained mIoU is below this")
     return parser.parse_args()
 
@@ -76,8 +77,10 @@ def run_demo(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     names = load_class_names(data / "classes.json")
     untrained = build_model(config["model"], len(names))
-    save_checkpoint({"model": untrained.state_dict(), "model_name": config["model"], "num_classes": len(names),
-                     "class_names": names}, out / "untrained.pth")
+    save_checkpoint(Checkpoint(untrained.state_dict(), model_name=config["model"], num_classes=len(names),
+                               class_names=names, aux=getattr(untrained, "aux_classifier", None) is not None,
+                               dataset="voc"),
+                    out / "untrained.pth")
     common = ["--data-path", str(data), "--device", args.device, "-j", "2"]
     step("untrained model", "validation.py", *common, "--weights", str(out / "untrained.pth"),
          "--json", str(out / "untrained.json"))

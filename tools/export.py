@@ -3,7 +3,7 @@
     python tools/export.py --weights run/best.pth --output-dir export/
     python tools/export.py --weights fcn8s.pth --model fcn8s --num-classes 21 --output-dir export/ --format onnx
 
-The exported models take a normalised float image (1, 3, H, W) (ImageNet mean/std, train_utils.constants)
+The exported models take a normalised float image (1, 3, H, W) (ImageNet mean/std, core.constants)
 of any height and width and return the logits (1, C, H, W); the argmax over C is the label map. The aux head
 is dropped: it only adds a training signal. ONNX needs `pip install onnx onnxruntime` (and onnxscript for
 torch's default exporter; without it the older TorchScript-based exporter is used).
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
-from src import MODELS, model_from_checkpoint  # noqa: E402
-from train_utils.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
+from core.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
+from src import add_model_flags, model_from_checkpoint  # noqa: E402
 
 FORMATS = ("torchscript", "onnx")
 # Largest allowed |export - PyTorch| as a fraction of max(1, largest |logit|). Another runtime's float32
@@ -34,9 +34,8 @@ Runner = Callable[[torch.Tensor], np.ndarray]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--weights", required=True, help="checkpoint from train.py, or a raw state dict")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    add_model_flags(parser)  # exports are traced in fp32 on the CPU: they run on any device afterwards
     parser.add_argument("--output-dir", default="export", help="folder for model.torchscript.pt and model.onnx")
     parser.add_argument("--format", nargs="+", choices=FORMATS, default=None,
                         help="what to write; default: torchscript, plus onnx when the onnx package is installed")
@@ -44,11 +43,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--size", type=positive_int, default=512,
                         help=f"square input size used to trace the model (>= {MIN_SIZE}); the exports accept "
                              f"any size and are checked at a different one")
-    parser.add_argument("--model", choices=list(MODELS), default=None,
-                        help="architecture; our checkpoints record it, and for a raw state dict it is read off "
-                             "the tensors (needed only to tell fcn8s_atonce from fcn8s)")
-    parser.add_argument("--num-classes", type=positive_int, default=None,
-                        help="output classes, background included (default: from the checkpoint)")
     add_config_flags(parser)
     return parse_with_config(parser, argv)
 

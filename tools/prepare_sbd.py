@@ -17,9 +17,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # my_dataset.py lives at the repository root
-from my_dataset import read_split_ids, save_mask, voc_dir  # noqa: E402
-from train_utils.cli import USER_ERRORS, ArgumentParser, one_line  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # data_utils/ and core/ live at the repository root
+from data_utils import read_split_ids, save_mask, voc_dir  # noqa: E402
+from core.cli import USER_ERRORS, ArgumentParser, one_line  # noqa: E402
 
 LoadMat = Callable[[Path], dict]
 

@@ -1,122 +1,27 @@
-"""Checkpoints and run records, written so that a crash or kill at any moment leaves no corrupt file.
+"""What a training checkpoint saves and restores: weights, optimizer, schedule, scaler, progress and RNG.
 
-Every file is written to a temporary name in the same directory, flushed to disk, then moved over the old
-one with os.replace (atomic on POSIX): a reader sees the old file or the new one, never half of either.
-Appending to the record files works the same way (copy + append + replace), under a lock.
+The file format itself (versions, reading, writing) belongs to core.checkpoint; this module fills in its
+`training` part and puts it back on resume.
 """
-import contextlib
-import fcntl
-import json
+import argparse
+import logging
+import math
 import os
 import random
-import shutil
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
-from .distributed import is_main_process
+from core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from core.cli import UsageError
+from core.palette import Palette
+from core.platform import atomic_copy
 
-
-# Read once: reading it means setting it, which would briefly give files other threads create no umask.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Union[str, Path], write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Calls write(file) on a temporary file next to `path`, then atomically replaces `path` with it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def save_checkpoint(state: Dict[str, Any], path: Union[str, Path]) -> None:
-    """torch.save(state) to `path` atomically."""
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
-def atomic_copy(src: Union[str, Path], dst: Union[str, Path]) -> None:
-    """Makes `dst` a copy of `src` atomically: a hard link where the filesystem has them (no bytes written;
-    `src` is later replaced, never modified in place, so the link keeps its content), else a full copy."""
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    try:
-        os.link(src, tmp)
-        os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
-    except OSError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        with open(src, "rb") as f:
-            atomic_write(dst, lambda out: shutil.copyfileobj(f, out, 16 << 20))
-
-
-def save_on_master(state: Dict[str, Any], path: Union[str, Path]) -> None:
-    """Saves only on rank 0 (every rank holds the same weights under DDP)."""
-    if is_main_process():
-        save_checkpoint(state, path)
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    # flock on the directory serialises appends from concurrent processes (e.g. two validation runs).
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def append_text(path: Union[str, Path], text: str) -> None:
-    """Appends `text` to `path` (created if missing) so that the file is always either before or after."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path.parent):
-        old = path.read_bytes() if path.exists() else b""
-        if old and not old.endswith(b"\n"):
-            old += b"\n"
-        atomic_write(path, lambda f: f.write(old + text.encode("utf-8")))
-
-
-def append_jsonl(path: Union[str, Path], record: Dict[str, Any]) -> None:
-    """Appends one JSON line (NaN written as null, so every line parses as strict JSON)."""
-    append_text(path, json.dumps(nan_to_none(record), sort_keys=False) + "\n")
-
-
-def nan_to_none(obj: Any) -> Any:
-    """NaN floats (anywhere in dicts, lists, tuples) to None, so that json.dumps writes strict JSON."""
-    if isinstance(obj, float) and obj != obj:
-        return None
-    if isinstance(obj, dict):
-        return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [nan_to_none(v) for v in obj]
-    return obj
+from .distributed import DistInfo, all_gather_objects, barrier
 
 
 def get_rng_state() -> Dict[str, Any]:
@@ -144,3 +49,129 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+@dataclass
+class RunState:
+    """Progress that a checkpoint carries besides the weights and the optimizer."""
+
+    next_epoch: int = 0
+    next_step: int = 0  # batches of `next_epoch` already done (non-zero after a mid-epoch stop)
+    partial_loss: Tuple[float, int] = (0.0, 0)
+    best_miou: float = -math.inf
+    best_epoch: int = -1
+
+    @property
+    def epoch(self) -> int:
+        """The last epoch the weights have completed, or the epoch in progress after a mid-epoch stop."""
+        return self.next_epoch - 1 if self.next_step == 0 else self.next_epoch
+
+
+@dataclass
+class Training:
+    """Everything a checkpoint saves and restores."""
+
+    args: argparse.Namespace
+    info: DistInfo
+    model: nn.Module  # unwrapped: no DDP, not compiled, so state-dict keys match the builders
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    class_names: List[str]
+    palette: Optional[Palette] = None
+    state: RunState = field(default_factory=RunState)
+
+    def checkpoint(self, metrics: Optional[Dict[str, Any]] = None) -> Checkpoint:
+        """The checkpoint; collective (gathers every rank's RNG state), so call it on all ranks."""
+        s = self.state
+        training = {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "next_epoch": s.next_epoch,
+            "next_step": s.next_step,
+            "partial_loss": list(s.partial_loss),
+            "best_miou": s.best_miou,
+            "best_epoch": s.best_epoch,
+            "args": dict(vars(self.args)),
+            "rng": all_gather_objects(get_rng_state()),
+            "world_size": self.info.world_size,
+        }
+        return Checkpoint(self.model.state_dict(), model_name=self.args.model, num_classes=self.args.num_classes,
+                          class_names=self.class_names, aux=getattr(self.model, "aux_classifier", None) is not None,
+                          dataset=self.args.dataset, palette=self.palette, metrics=metrics, training=training,
+                          epoch=s.epoch)
+
+    def save(self, out: Path, names: List[str], metrics: Optional[Dict[str, Any]] = None) -> None:
+        ckpt = self.checkpoint(metrics)
+        if self.info.is_main:
+            for i, name in enumerate(names):
+                try:  # the same content under several names: serialise once, then link or copy
+                    save_checkpoint(ckpt, out / name) if i == 0 else atomic_copy(out / names[0], out / name)
+                except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+                    raise OSError(f"could not write {out / name} ({_reason(e)}); the previous checkpoint is "
+                                  f"intact: free space and continue with --resume auto") from None
+        barrier()
+
+    def restore(self, training: Dict[str, Any], state_dict: Dict[str, torch.Tensor], log: logging.Logger) -> None:
+        self.model.load_state_dict(state_dict)
+        self.optimizer.load_state_dict(training["optimizer"])
+        fresh = dict(self.lr_scheduler.lr_lambdas[0].__dict__)
+        self.lr_scheduler.load_state_dict(training["lr_scheduler"])
+        if fresh != self.lr_scheduler.lr_lambdas[0].__dict__:
+            log.warning("the schedule settings differ from the checkpoint's (e.g. --epochs): following the new ones")
+            self.lr_scheduler.lr_lambdas[0].__dict__.update(fresh)
+        self.scaler.load_state_dict(training["scaler"])
+        rng = training.get("rng") or []
+        if len(rng) == self.info.world_size:
+            set_rng_state(rng[self.info.rank])
+        elif rng:
+            log.warning(f"checkpoint saved by {len(rng)} processes, resumed by {self.info.world_size}: "
+                        f"random streams restart, so this run will not repeat the original bit for bit")
+        self.state = RunState(int(training["next_epoch"]), int(training["next_step"]),
+                              tuple(training.get("partial_loss", (0.0, 0))), float(training["best_miou"]),
+                              int(training.get("best_epoch", -1)))
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def resume_path(args: argparse.Namespace, out: Path) -> Optional[Path]:
+    """The checkpoint to resume from: --resume PATH, --resume auto (last.pth if any), or an elastic restart."""
+    restarting = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if args.resume == "auto" or (restarting and not args.resume):
+        last = out / "last.pth"
+        return last if last.exists() else None
+    if args.resume:
+        path = Path(args.resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint; check the path or use --resume auto")
+        return path
+    return None
+
+
+def load_resume(training: Training, path: Path, log: logging.Logger) -> None:
+    """Restores `training` from the checkpoint at `path`, refusing one of another model or class count."""
+    ckpt = load_checkpoint(path)
+    args = training.args
+    if ckpt.model_name not in (None, args.model):
+        raise UsageError(f"{path}: checkpoint of model {ckpt.model_name}, but this run has --model {args.model}; "
+                         f"use the same settings or another --output-dir")
+    if ckpt.num_classes not in (None, args.num_classes):
+        raise UsageError(f"{path}: checkpoint of {ckpt.num_classes} classes, but this run has {args.num_classes} "
+                         f"(--num-classes / the dataset); use the same settings or another --output-dir")
+    if not ckpt.training:
+        raise UsageError(f"{path}: holds weights but no training state, so it cannot be resumed; start from it "
+                         f"with --weights instead of --resume")
+    try:
+        training.restore(ckpt.training, ckpt.state_dict, log)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise UsageError(f"{path}: cannot resume from it ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                         f"is it a checkpoint of this run?") from None
+    s = training.state
+    log.info(f"resumed from {path}: epoch {s.next_epoch}, iteration {s.next_step}, best mIoU "
+             f"{s.best_miou * 100:.1f}")

@@ -7,6 +7,8 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 
+from core.runtime import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -33,26 +35,13 @@ def _env_int(*names: str) -> Optional[int]:
     return None
 
 
-def resolve_device(device: Optional[str], local_rank: int = 0) -> torch.device:
-    """"cuda" becomes cuda:<local_rank>; None picks CUDA when there is one, else the CPU."""
-    if device is None or device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(dev)
-    return dev
-
-
 def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800) -> DistInfo:
     """Joins the process group described by torchrun's (or SLURM's) environment, if any.
 
     torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; under srun, SLURM_PROCID,
     SLURM_NTASKS and SLURM_LOCALID stand in for the first three and MASTER_ADDR/MASTER_PORT must be exported.
-    Without any of them this is one process. The backend is NCCL on CUDA and Gloo on the CPU.
+    Without any of them this is one process. The backend is NCCL on CUDA and Gloo elsewhere: on the CPU, on
+    Apple GPUs, and on Windows, whose PyTorch builds have no NCCL.
     """
     rank = _env_int("RANK", "SLURM_PROCID") or 0
     world_size = _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1
@@ -64,8 +53,8 @@ def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800) -
             if var not in os.environ:
                 raise ValueError(f"{var} is not set: launch with torchrun, or export MASTER_ADDR/MASTER_PORT "
                                  f"for srun")
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        backend = "nccl" if dev.type == "cuda" and dist.is_nccl_available() else "gloo"
+        kwargs = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend, store=_attempt_store(rank, world_size, timeout_s), rank=rank,
                                 world_size=world_size, timeout=timedelta(seconds=timeout_s), **kwargs)
     return info

@@ -12,7 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cli import UsageError, positive_float, positive_int
+from core.cli import UsageError, positive_float, positive_int
+from core.runtime import Runtime, compile_model
+from src import CheckpointModel, model_from_checkpoint
+from src.fuse import prepare_for_inference
+
 from .train_eval import whole_image
 
 Inferer = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -238,6 +242,19 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
                        help="also predict the horizontally flipped image and average")
     group.add_argument("--chunk", type=positive_int, default=4,
                        help="windows per forward pass in slide mode (lower it if memory runs out)")
+    group.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=False,
+                       help="fold BatchNorm into the convolutions: faster, but the logits move by float rounding, "
+                            "so off by default (validation.py then equals the training run's evaluation, and "
+                            "predict.py writes the masks validation.py scores)")
+
+
+def load_inference_model(args: argparse.Namespace, runtime: Runtime) -> Tuple[CheckpointModel, nn.Module]:
+    """The checkpoint of --weights rebuilt (--model/--num-classes for raw state dicts), prepared for inference
+    the same way in validation.py and predict.py: eval mode, no aux head, BN folded with --fold-bn, on the
+    runtime's device and memory format, compiled with --compile."""
+    loaded = model_from_checkpoint(args.weights, args.model, args.num_classes)
+    model = prepare_for_inference(loaded.model, runtime.device, runtime.channels_last, fold=args.fold_bn)
+    return loaded, compile_model(model, runtime)
 
 
 def inferer_from_args(args: argparse.Namespace) -> Optional[InferenceMode]:

@@ -4,7 +4,7 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .constants import IGNORE_INDEX
+from core.constants import IGNORE_INDEX
 
 
 def check_target(target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:

@@ -2,13 +2,11 @@
 import argparse
 from typing import Optional
 
-from src import MODELS
-
-from .cli import (ArgumentParser, HelpFormatter, UsageError, add_config_flags, non_negative_float, non_negative_int, positive_float,
-                  positive_int)
-
-MODEL_NAMES = tuple(MODELS)
-DATASETS = ("voc", "voc-aug", "folder")
+from core.cli import (ArgumentParser, HelpFormatter, UsageError, add_config_flags, non_negative_float,
+                      non_negative_int, positive_float, positive_int)
+from core.runtime import add_runtime_flags
+from data_utils import DATASETS
+from src import add_model_flags
 # The reference recipe: lr 0.02 for a global batch of 32 (4 images x 8 GPUs); scaled linearly otherwise.
 REFERENCE_LR, REFERENCE_BATCH = 0.02, 32
 
@@ -17,9 +15,8 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     """Dataset flags shared with validation.py."""
     parser.add_argument("--data-path", default="data/VOC",
                         help="folder that contains VOCdevkit (voc, voc-aug), or the folder dataset's root")
-    parser.add_argument("--dataset", default="voc", choices=DATASETS,
-                        help="voc: VOC2012 train/val; voc-aug: VOC+SBD trainaug/val; folder: <root>/<split>/"
-                             "{images,masks}")
+    parser.add_argument("--dataset", default="voc", choices=tuple(DATASETS),
+                        help="; ".join(f"{name}: {spec.description}" for name, spec in DATASETS.items()))
     parser.add_argument("--eval-size", type=positive_int, default=None,
                         help="resize validation images to this short side (default: original size); metrics "
                              "are still computed at the original label resolution")
@@ -30,14 +27,12 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=description,
-                                     formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_config_flags(parser)
     add_data_flags(parser)
+    add_model_flags(parser, training=True)
+    add_runtime_flags(parser)
     p = parser.add_argument
-    p("--model", default="fcn_resnet50", choices=MODEL_NAMES, help="architecture")
-    p("--num-classes", type=positive_int, default=None,
-      help="number of classes, background included (default: the dataset's class list, 21 for VOC)")
     p("--aux", action=argparse.BooleanOptionalAction, default=None,
       help="auxiliary head on layer3 (default: on for the ResNet FCNs; the VGG FCNs have none)")
     p("--aux-weight", type=non_negative_float, default=0.5, help="weight of the auxiliary loss")
@@ -56,13 +51,6 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
     p("--crop-size", type=positive_int, default=480, help="training crop size")
     p("--scale-range", type=positive_float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
       help="random scale range of the training short side, relative to --base-size")
-    p("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision (autocast)")
-    p("--amp-dtype", default="auto", choices=("auto", "bf16", "fp16"),
-      help="autocast dtype; auto = bf16 where the device supports it, else fp16 with a gradient scaler")
-    p("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-      help="channels-last memory format (default: on with CUDA)")
-    p("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     p("--deterministic", action=argparse.BooleanOptionalAction, default=False,
       help="deterministic algorithms, for bit-exact reruns (slower on GPU)")
     if multi_gpu:
@@ -71,9 +59,6 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
     p("--pretrained-backbone", default="auto", metavar="PATH|auto|none",
       help="ImageNet weights for the backbone: a local torchvision .pth file, auto (torchvision's cache or "
            "download), or none")
-    p("--weights", default=None, metavar="PATH",
-      help="start from a whole-model checkpoint (e.g. torchvision's COCO-VOC file); mismatched heads are "
-           "dropped and reported")
     p("--resume", default=None, metavar="PATH|auto",
       help="resume a run from a checkpoint; auto = last.pth in --output-dir if present")
     p("--overwrite", action="store_true",

@@ -1,5 +1,4 @@
 """The training and evaluation loops, identical for one process and for N processes under DDP."""
-import contextlib
 import functools
 import math
 import time
@@ -11,10 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .constants import IMAGENET_MEAN, IMAGENET_STD
+from core.constants import IMAGENET_MEAN, IMAGENET_STD
+from core.runtime import autocast
 from .distributed import any_rank, get_world_size, is_main_process
 from .loss import check_target, criterion
 from .metrics import ConfusionMatrix
+from .recorders import StepRecord
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,40 +38,6 @@ def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bo
     """Copies a uint8 batch to the device (asynchronously from pinned memory) and normalises it."""
     images = normalize(images.to(device, non_blocking=True))
     return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
-    """torch.autocast for `amp_dtype`, or a no-op when it is None (fp32)."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
-def amp_dtype_for(device: torch.device, choice: str = "auto") -> torch.dtype:
-    """The autocast dtype when AMP is asked for: `choice` "bf16" or "fp16", or "auto": bf16 where the GPU
-    has it natively (Ampere and newer), fp16 on older GPUs (training adds a GradScaler), bf16 on CPUs."""
-    if choice in ("bf16", "fp16"):
-        return torch.bfloat16 if choice == "bf16" else torch.float16
-    if device.type != "cuda":
-        return torch.bfloat16
-    try:  # the default also counts emulated bf16, slower than fp16
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # a torch without the argument, where the answer meant native support
-        native = torch.cuda.is_bf16_supported()
-    return torch.bfloat16 if native else torch.float16
-
-
-def fast_amp_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype this device runs fastest with, for paths where AMP is on by default: as
-    `amp_dtype_for` on GPUs, bf16 on CPUs with native bf16 support (oneDNN), None (fp32) elsewhere."""
-    if device.type == "cuda":
-        return amp_dtype_for(device)
-    if device.type == "cpu":
-        try:
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-        except (AttributeError, RuntimeError):  # a build without oneDNN
-            return None
-    return None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -115,11 +82,12 @@ def _nonfinite_error(epoch: int, step: int) -> NonFiniteLossError:
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable,
                     device: torch.device, epoch: int, lr_scheduler, opts: TrainOptions,
                     start_step: int = 0, prior: Tuple[float, int] = (0.0, 0),
-                    log: Callable[[str], None] = print) -> EpochResult:
+                    on_step: Callable[[StepRecord], None] = lambda record: None) -> EpochResult:
     """One pass over `loader` (which may start at `start_step` when resuming mid-epoch).
 
     `prior` is (loss sum, steps) of the part of this epoch done before an interruption, so that the
-    epoch's mean loss after a resume is the same as without one.
+    epoch's mean loss after a resume is the same as without one. `on_step` receives a StepRecord at every
+    print interval (the recorders of the run).
 
     The loss stays on the device: the host reads it (a sync) only every `print_freq` iterations, where it
     also checks for NaN/inf (the first bad iteration is recorded on the device) and for a stop request.
@@ -152,7 +120,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
             mean_loss = (loss_sum.item() + prior_loss_sum) / (steps + prior_steps)
             lr = optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-            log(f"epoch {epoch} [{step + 1}/{total}] loss {mean_loss:.4f} lr {lr:.6f}")
+            rate = steps * loader.batch_size * get_world_size() / max(time.perf_counter() - t0, 1e-9)
+            on_step(StepRecord(epoch, step + 1, total, mean_loss, lr, rate))
             if stop and not last:
                 interrupted = True
                 break

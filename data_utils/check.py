@@ -1,0 +1,135 @@
+"""Scanning a dataset's masks: per-class pixel counts (class weights) and the `check` command's report."""
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from core.constants import IGNORE_INDEX
+from core.palette import PathLike
+from core.platform import atomic_write
+from .datasets import SegmentationDataset
+from .io import label_counts, read_mask
+from .pairs import Pair
+from .registry import dataset_spec
+
+
+class _ScanItems(Dataset):
+    """Yields (mask value counts, problem) per sample instead of raising, so one bad file does not end a scan.
+    With `masks_only`, only the masks are read (pixel counts, no check of the images)."""
+
+    def __init__(self, dataset: SegmentationDataset, masks_only: bool = False) -> None:
+        self.dataset, self.masks_only = dataset, masks_only
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
+        try:
+            if self.masks_only:
+                return label_counts(self.dataset.load_mask(index)), ""
+            _, mask = self.dataset.load(index)
+        except (FileNotFoundError, ValueError) as e:
+            return np.zeros(256, dtype=np.int64), str(e)
+        return label_counts(mask.numpy()), ""
+
+
+class _MaskCounts(Dataset):
+    """Mask value counts of the samples `indices` of `dataset`; an unreadable mask raises, naming its file."""
+
+    def __init__(self, dataset: SegmentationDataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return label_counts(self.dataset.load_mask(self.indices[index]))
+
+
+def _unbatched(item: object) -> object:
+    return item
+
+
+def class_pixel_counts(dataset: SegmentationDataset, indices: Sequence[int], workers: int = 0,
+                       progress: bool = True) -> np.ndarray:
+    """Pixel count of each of the 256 mask values, (256,) int64, over the masks of samples `indices` (label
+    map applied); only masks are read, in `workers` loader processes. Each rank passes its share, e.g.
+    range(rank, len(dataset), world_size), and the counts are summed across ranks.
+
+    Args:
+        dataset: the dataset whose masks to count.
+        indices: sample indices to count.
+        workers: DataLoader worker processes (0: in this process).
+        progress: show a progress bar.
+    """
+    counts = np.zeros(256, dtype=np.int64)
+    items = _MaskCounts(dataset, indices)
+    if not len(items):
+        return counts
+    loader = DataLoader(items, batch_size=None, num_workers=workers, collate_fn=_unbatched)
+    for item_counts in tqdm(loader, desc="counting pixels", unit="mask", disable=not progress):
+        counts += item_counts
+    return counts
+
+
+def scan_split(pairs: list[Pair], class_names: list[str], workers: int, masks_only: bool = False,
+               progress: bool = True, label_map: Optional[np.ndarray] = None) -> tuple[np.ndarray, list[str]]:
+    """Counts of each mask value over all pairs and one problem line per unreadable or invalid pair (with
+    `masks_only`, the images are not read). `label_map` (raw value -> train id) is applied to each mask."""
+    counts, problems = np.zeros(256, dtype=np.int64), []
+    if not pairs:
+        return counts, problems
+    items = _ScanItems(SegmentationDataset(pairs, class_names, label_map=label_map), masks_only)
+    loader = DataLoader(items, batch_size=None, num_workers=workers, collate_fn=_unbatched)
+    for item_counts, problem in tqdm(loader, desc="scanning", unit="img", disable=not progress):
+        counts += item_counts
+        if problem:
+            problems.append(problem)
+    return counts, problems
+
+
+def print_report(num_images: int, counts: np.ndarray, class_names: list[str], problems: list[str]) -> None:
+    """Prints the pixels per class, the classes that never occur and every problem."""
+    total = max(int(counts.sum()), 1)
+    print(f"images scanned: {num_images} (samples with missing files are listed under problems)")
+    print("pixels per class:")
+    for index, name in enumerate(class_names):
+        print(f"  {index:3d} {name:<24} {int(counts[index]):>14,d} {100 * counts[index] / total:6.2f}%")
+    print(f"  {IGNORE_INDEX:3d} {'(ignored)':<24} {int(counts[IGNORE_INDEX]):>14,d} "
+          f"{100 * counts[IGNORE_INDEX] / total:6.2f}%")
+    absent = [name for index, name in enumerate(class_names) if counts[index] == 0]
+    print(f"classes that never occur: {', '.join(absent) if absent else 'none'}")
+    print(f"problems: {len(problems)}")
+    for problem in problems:
+        print(f"  {problem}")
+
+
+def check_split(name: str, data_path: PathLike, split: str, workers: int,
+                save_counts: Optional[PathLike] = None, progress: bool = True) -> int:
+    """Scans `split` of the DATASETS entry `name` and prints the report: 0 if it is clean, 1 if any file has a
+    problem. With `save_counts`, also writes the per-class pixel counts there as JSON.
+
+    Args:
+        name: a DATASETS key.
+        data_path: the dataset root.
+        split: the split to scan.
+        workers: DataLoader worker processes decoding files.
+        save_counts: JSON file for the counts (for class-weighted losses), or None.
+        progress: show a progress bar.
+    """
+    spec = dataset_spec(name)
+    pairs, problems = spec.pairs(data_path, split)
+    class_names = spec.class_names(Path(data_path))
+    counts, bad = scan_split(pairs, class_names, workers, progress=progress, label_map=spec.label_map)
+    problems = problems + bad
+    print_report(len(pairs), counts, class_names, problems)
+    if save_counts:
+        report = {"class_names": class_names, "counts": counts[:len(class_names)].tolist(),
+                  "ignored": int(counts[IGNORE_INDEX])}
+        text = json.dumps(report, indent=2) + "\n"
+        atomic_write(save_counts, lambda f: f.write(text.encode("utf-8")))
+        print(f"pixel counts written to {save_counts}")
+    return 1 if problems else 0
