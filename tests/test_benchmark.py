@@ -82,9 +82,10 @@ def test_eval(tmp_path):
 
 
 def test_infer(tmp_path):
-    data, stdout = bench(tmp_path, "--mode", "infer", "--size", "64", "--warmup", "1", "--iters", "3")
+    data, stdout = bench(tmp_path, "--mode", "infer", "--size", "64", "--warmup", "1", "--iters", "3",
+                         "--channels-last")
     base, ours = check_pair(data)
-    assert ours["settings"]["memory_format"] == "channels_last"  # predict.py's path
+    assert ours["settings"]["memory_format"] == "channels_last"  # the runtime flags reach ours
     ratio = data["ratio"]
     assert ratio["latency_mean"] == pytest.approx(ours["latency_ms_mean"] / base["latency_ms_mean"])
     assert ratio["latency_median"] == pytest.approx(ours["latency_ms_median"] / base["latency_ms_median"])

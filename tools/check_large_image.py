@@ -9,7 +9,6 @@ the growth of the resident set over the prediction: on Linux the kernel's peak m
 (VmHWM), elsewhere the process's maximum (ru_maxrss) is used, so run one mode per process there.
 """
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parse_with_config(parser, argv)
 
 
+def _maxrss_mb() -> float:
+    """ru_maxrss where the resource module exists (POSIX); Windows has neither it nor /proc: nan."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+
+
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024  # kB
@@ -47,14 +55,14 @@ def start_peak_rss() -> float:
             f.write("5")
         return _status_mb("VmRSS")
     except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+        return _maxrss_mb()
 
 
 def peak_rss_mb() -> float:
     try:
         return _status_mb("VmHWM")
     except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return _maxrss_mb()
 
 
 def main(args: argparse.Namespace) -> int:
