@@ -48,7 +48,9 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
     p("--warmup-epochs", type=non_negative_int, default=1, help="epochs of linear learning-rate warm-up (0: none)")
     p("--clip-grad-norm", type=positive_float, default=None, help="clip the gradient norm to this value")
     p("--base-size", type=positive_int, default=520, help="training short side before random scaling")
-    p("--crop-size", type=positive_int, default=480, help="training crop size")
+    p("--crop-size", type=positive_int, default=480, help="training crop size (its height, with --crop-width)")
+    p("--crop-width", type=positive_int, default=None,
+      help="width of a non-square training crop (default: --crop-size), e.g. 1024 for Cityscapes' 512x1024")
     p("--scale-range", type=positive_float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
       help="random scale range of the training short side, relative to --base-size")
     p("--deterministic", action=argparse.BooleanOptionalAction, default=False,
