@@ -76,7 +76,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                         "labelme files or colour masks into index masks.")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="scan a split: pixel counts per class and every bad file")
-    check.add_argument("--data-path", required=True, help="dataset root (for voc: the folder containing VOCdevkit)")
+    check.add_argument("--data-path", required=True, help="dataset root, as train.py's --data-path")
     check.add_argument("--dataset", default="voc", choices=tuple(DATASETS),
                        help="dataset layout (default: voc): " +
                             "; ".join(f"{name}: {spec.description}" for name, spec in DATASETS.items()))

@@ -100,12 +100,17 @@ def test_coco_masks_match_annToMask_and_the_reference_filter(coco):
     assert np.array_equal(counts, expected)
 
 
-def test_coco_prepared_masks_equal_the_decoded_ones(coco, tmp_path, monkeypatch):
+def test_coco_prepared_masks_equal_the_decoded_ones(coco, tmp_path, monkeypatch, capsys):
     root = tmp_path / "coco"
     shutil.copytree(coco, root)
     spec = importlib.util.spec_from_file_location("prepare_coco", REPO_ROOT / "tools" / "prepare_coco.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    photo = root / "val2017" / "000000000004.jpg"
+    photo.rename(photo.with_suffix(".bak"))
+    assert tool.main(tool.parse_args(["--data-path", str(root), "--workers", "0"])) == 2
+    assert "000000000004.jpg" in capsys.readouterr().err and not (root / "voc_masks" / "val2017.json").exists()
+    photo.with_suffix(".bak").rename(photo)
     assert tool.main(tool.parse_args(["--data-path", str(root), "--workers", "0"])) == 0
     monkeypatch.setattr(data_utils.coco, "coco_mask", None)  # prepared masks need no pycocotools
     for split, folder in (("train", "train2017"), ("val", "val2017")):

@@ -45,9 +45,9 @@ def _unbatched(item: int) -> int:
 def prepare_split(data_path: Path, split: str, workers: int) -> int:
     """Writes every mask of `split` (train2017 / val2017) and then its list; returns the number of masks."""
     spec = dataset_spec("coco")
-    manifest_path(data_path, split).unlink(missing_ok=True)  # stale PNGs must not be read while rewriting
-    pairs = coco_pairs(data_path, split)
+    pairs = coco_pairs(data_path, split)  # checks the annotations and photos before anything is touched
     raise_if_missing(missing_files(pairs), data_path / "annotations" / f"instances_{split}.json")
+    manifest_path(data_path, split).unlink(missing_ok=True)  # stale PNGs must not be read while rewriting
     dataset = spec.dataset_of(data_path, pairs)
     out_dir = data_path / PREPARED_DIR / split
     out_dir.mkdir(parents=True, exist_ok=True)

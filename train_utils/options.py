@@ -14,7 +14,9 @@ REFERENCE_LR, REFERENCE_BATCH = 0.02, 32
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     """Dataset flags shared with validation.py."""
     parser.add_argument("--data-path", default="data/VOC",
-                        help="folder that contains VOCdevkit (voc, voc-aug), or the folder dataset's root")
+                        help="dataset root: the folder holding VOCdevkit (voc, voc-aug), train2017/ and "
+                             "annotations/ (coco), leftImg8bit/ and gtFine/ (cityscapes), ADEChallengeData2016/ "
+                             "(ade20k), or the folder dataset's splits")
     parser.add_argument("--dataset", default="voc", choices=tuple(DATASETS),
                         help="; ".join(f"{name}: {spec.description}" for name, spec in DATASETS.items()))
     parser.add_argument("--eval-size", type=positive_int, default=None,
