@@ -1,9 +1,11 @@
-"""Segmentation data: Pascal VOC and folder datasets, mask I/O in the VOC palette, batch collation, a
-synthetic demo dataset and a data checker. The code lives in data_utils/ (one module per job, importing
-only core/); this file re-exports its public names and is the command line.
+"""Segmentation data: Pascal VOC, COCO, Cityscapes, ADE20K and folder datasets, mask I/O, batch collation, a
+synthetic demo dataset, a data checker and converters. The code lives in data_utils/ (one module per job,
+importing only core/); this file re-exports its public names and is the command line.
 
     python my_dataset.py check --data-path /data/VOC --dataset voc --split train
     python my_dataset.py demo --out data/demo
+    python my_dataset.py import-labelme annotations/ --out data/mine --classes classes.json --val-fraction 0.2
+    python my_dataset.py convert-colors color_masks/ --colors colors.json --out data/mine/train/masks
 
 Items are (tv_tensors.Image uint8 (3, H, W), tv_tensors.Mask uint8 (H, W)). Nothing is normalised or turned
 into floats here: uint8 moves 4x fewer bytes through the loader, and normalisation happens on the device.
@@ -13,17 +15,20 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from core.cli import USER_ERRORS, ArgumentParser, non_negative_int, one_line
+from core.cli import USER_ERRORS, ArgumentParser, non_negative_float, non_negative_int, one_line
 from core.palette import (VOC_CLASSES_FILE, VOC_PALETTE, ClassNames, PathLike, load_class_names,
                           resolve_class_names)
-from data_utils import (DATASETS, DEMO_CLASSES, IMAGE_EXTENSIONS, DatasetSpec, Pair, Sample, SegmentationDataset,
+from data_utils import (ADE20K_CLASSES, CITYSCAPES_CLASSES, COCO_VOC_CATEGORIES, DATASETS, DEMO_CLASSES,
+                        IMAGE_EXTENSIONS, COCOSegmentation, DatasetSpec, Pair, Sample, SegmentationDataset,
                         SegmentationFolder, Transforms, VOCSegmentation, boundary_band, build_dataset, check_split,
-                        check_mask_values, class_pixel_counts, collate_fn, dataset_spec, folder_pairs, image_size,
-                        label_counts, make_demo_dataset, make_demo_sample, make_label_map, missing_files,
-                        print_report, read_image, read_mask, read_split_ids, save_mask, scan_split, voc_dir,
-                        voc_pairs)
+                        check_mask_values, class_pixel_counts, collate_fn, convert_colors, dataset_spec,
+                        folder_pairs, image_size, import_labelme, label_counts, make_demo_dataset, make_demo_sample,
+                        make_label_map, missing_files, print_report, read_image, read_mask, read_split_ids,
+                        save_mask, scan_split, voc_dir, voc_pairs)
 
 __all__ = [
+    "ADE20K_CLASSES", "CITYSCAPES_CLASSES", "COCO_VOC_CATEGORIES", "COCOSegmentation", "convert_colors",
+    "import_labelme", "run_convert_colors", "run_import_labelme",
     "DATASETS", "DEMO_CLASSES", "IMAGE_EXTENSIONS", "VOC_CLASSES_FILE", "VOC_PALETTE", "ClassNames", "DatasetSpec",
     "Pair", "PathLike", "Sample", "SegmentationDataset", "SegmentationFolder", "Transforms", "VOCSegmentation",
     "boundary_band", "build_dataset", "check_mask_values", "check_split", "class_pixel_counts", "collate_fn",
@@ -47,11 +52,31 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_import_labelme(args: argparse.Namespace) -> int:
+    """The `import-labelme` command: labelme JSON files -> the folder layout."""
+    counts = import_labelme(args.src_dir, args.out, args.classes, args.val_fraction, args.seed)
+    print(f"{counts['train']} train and {counts['val']} val images with index masks written to {args.out}; "
+          f"train with --dataset folder --data-path {args.out}")
+    return 0
+
+
+def run_convert_colors(args: argparse.Namespace) -> int:
+    """The `convert-colors` command: colour masks -> index masks."""
+    count = convert_colors(args.mask_dir, args.colors, args.out)
+    print(f"{count} index masks (and classes.json) written to {args.out}")
+    return 0
+
+
+COMMANDS = {"check": run_check, "demo": run_demo, "import-labelme": run_import_labelme,
+            "convert-colors": run_convert_colors}
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = ArgumentParser(description="Check a segmentation dataset or write the demo dataset.")
+    parser = ArgumentParser(description="Check a segmentation dataset, write the demo dataset, or convert "
+                                        "labelme files or colour masks into index masks.")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="scan a split: pixel counts per class and every bad file")
-    check.add_argument("--data-path", required=True, help="dataset root (for voc: the folder containing VOCdevkit)")
+    check.add_argument("--data-path", required=True, help="dataset root, as train.py's --data-path")
     check.add_argument("--dataset", default="voc", choices=tuple(DATASETS),
                        help="dataset layout (default: voc): " +
                             "; ".join(f"{name}: {spec.description}" for name, spec in DATASETS.items()))
@@ -66,11 +91,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     demo.add_argument("--num-val", type=int, default=20, help="validation images (default: 20)")
     demo.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
     demo.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    labelme = commands.add_parser("import-labelme", help="labelme JSON files -> folder dataset with index masks")
+    labelme.add_argument("src_dir", metavar="SRC_DIR", help="folder of labelme .json files")
+    labelme.add_argument("--out", required=True, help="new folder for the dataset (--dataset folder --data-path)")
+    labelme.add_argument("--classes", required=True,
+                         help='class file {"background": 0, "cat": 1, ...}; 0 is what no shape covers')
+    labelme.add_argument("--val-fraction", type=non_negative_float, default=0.2,
+                         help="share of the files put in val (default: 0.2)")
+    labelme.add_argument("--seed", type=int, default=0, help="seed of the train/val shuffle (default: 0)")
+    colors = commands.add_parser("convert-colors", help="RGB colour masks -> index masks")
+    colors.add_argument("mask_dir", metavar="MASK_DIR", help="folder of colour masks")
+    colors.add_argument("--colors", required=True,
+                        help='class name -> colour JSON in class order: {"background": [0, 0, 0], "road": '
+                             '[128, 64, 128], "__ignore__": [255, 255, 255]}')
+    colors.add_argument("--out", required=True, help="new folder for the index masks (and classes.json)")
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
-    command = run_check if args.command == "check" else run_demo
+    command = COMMANDS[args.command]
     try:
         return command(args)
     except (*USER_ERRORS, OSError) as e:

@@ -40,21 +40,24 @@ class SegmentationPresetTrain:
 
     Args:
         base_size: the short side is resized to a random int in [scale_range[0], scale_range[1]] * base_size.
-        crop_size: side of the square random crop; images smaller than it are padded with 0 and their masks
-            with IGNORE_INDEX, so padding carries no label.
+        crop_size: height (and, without crop_width, width) of the random crop; images smaller than it are
+            padded with 0 and their masks with IGNORE_INDEX, so padding carries no label.
         hflip_prob: probability of a horizontal flip.
         scale_range: (min, max) factors of base_size.
+        crop_width: width of the crop when it is not square (Cityscapes recipes crop 512x1024).
     """
 
     def __init__(self, base_size: int = 520, crop_size: int = 480, hflip_prob: float = 0.5,
-                 scale_range: tuple[float, float] = (0.5, 2.0)) -> None:
+                 scale_range: tuple[float, float] = (0.5, 2.0), crop_width: Optional[int] = None) -> None:
         _check_train_args(base_size, crop_size, hflip_prob, scale_range)
+        if crop_width is not None and crop_width <= 0:
+            raise ValueError(f"--crop-width must be positive, got {crop_width}")
         min_size, max_size = int(scale_range[0] * base_size), int(scale_range[1] * base_size)
         # v2.RandomResize draws from [min_size, max_size); the +1 makes the upper end reachable.
         steps = [v2.RandomResize(min_size, max_size + 1, antialias=True)]
         if hflip_prob > 0:
             steps.append(v2.RandomHorizontalFlip(hflip_prob))
-        steps.append(v2.RandomCrop(crop_size, pad_if_needed=True,
+        steps.append(v2.RandomCrop((crop_size, crop_width or crop_size), pad_if_needed=True,
                                    fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
         self.transforms = v2.Compose(steps)
 

@@ -4,11 +4,21 @@
     data_utils.pairs     the (image, mask) files of a split: the VOC layout, two folders
     data_utils.datasets  SegmentationDataset, VOCSegmentation, SegmentationFolder
     data_utils.registry  DATASETS: one DatasetSpec per --dataset name, and build_dataset
+    data_utils.coco      COCO 2017 with the VOC classes (masks decoded from annotations with pycocotools)
+    data_utils.cityscapes, data_utils.ade20k  their layouts, classes, palettes and label maps
+    data_utils.labelme   labelme JSON -> the folder layout with index masks
+    data_utils.colors    colour masks -> index masks
+    data_utils.staging   converters write a whole output folder or nothing
     data_utils.collate   collate_fn: batches of mixed sizes, padded
     data_utils.demo      the synthetic demo dataset
     data_utils.check     pixel counts per class, and the `check` command's scan and report
 """
-from .check import check_split, class_pixel_counts, print_report, scan_split
+from .ade20k import ADE20K_CLASSES, ADE20K_LABEL_MAP, ADE20K_PALETTE
+from .check import check_split, class_pixel_counts, print_report, scan_dataset, scan_split
+from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_LABEL_MAP, CITYSCAPES_PALETTE
+from .coco import COCO_VOC_CATEGORIES, COCOSegmentation, coco_target, load_annotations
+from .colors import convert_colors, load_colors
+from .labelme import import_labelme
 from .collate import collate_fn
 from .datasets import Sample, SegmentationDataset, SegmentationFolder, Transforms, VOCSegmentation, own_class_file
 from .demo import DEMO_CLASSES, boundary_band, make_demo_dataset, make_demo_sample
@@ -20,7 +30,12 @@ from .registry import (DATASETS, DatasetSpec, build_dataset, build_from_pairs, d
                        find_voc_pairs, own_class_names)
 
 __all__ = [
-    "check_split", "class_pixel_counts", "print_report", "scan_split",
+    "ADE20K_CLASSES", "ADE20K_LABEL_MAP", "ADE20K_PALETTE",
+    "check_split", "class_pixel_counts", "print_report", "scan_dataset", "scan_split",
+    "CITYSCAPES_CLASSES", "CITYSCAPES_LABEL_MAP", "CITYSCAPES_PALETTE",
+    "COCO_VOC_CATEGORIES", "COCOSegmentation", "coco_target", "load_annotations",
+    "convert_colors", "load_colors",
+    "import_labelme",
     "collate_fn",
     "Sample", "SegmentationDataset", "SegmentationFolder", "Transforms", "VOCSegmentation", "own_class_file",
     "DEMO_CLASSES", "boundary_band", "make_demo_dataset", "make_demo_sample",

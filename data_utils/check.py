@@ -79,10 +79,17 @@ def scan_split(pairs: list[Pair], class_names: list[str], workers: int, masks_on
                progress: bool = True, label_map: Optional[np.ndarray] = None) -> tuple[np.ndarray, list[str]]:
     """Counts of each mask value over all pairs and one problem line per unreadable or invalid pair (with
     `masks_only`, the images are not read). `label_map` (raw value -> train id) is applied to each mask."""
-    counts, problems = np.zeros(256, dtype=np.int64), []
     if not pairs:
-        return counts, problems
-    items = _ScanItems(SegmentationDataset(pairs, class_names, label_map=label_map), masks_only)
+        return np.zeros(256, dtype=np.int64), []
+    return scan_dataset(SegmentationDataset(pairs, class_names, label_map=label_map), workers, masks_only, progress)
+
+
+def scan_dataset(dataset: SegmentationDataset, workers: int, masks_only: bool = False,
+                 progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Counts of each mask value over every sample of `dataset` and one problem line per unreadable or invalid
+    sample (with `masks_only`, the images are not read)."""
+    counts, problems = np.zeros(256, dtype=np.int64), []
+    items = _ScanItems(dataset, masks_only)
     loader = DataLoader(items, batch_size=None, num_workers=workers, collate_fn=_unbatched)
     for item_counts, problem in tqdm(loader, desc="scanning", unit="img", disable=not progress):
         counts += item_counts
@@ -123,7 +130,9 @@ def check_split(name: str, data_path: PathLike, split: str, workers: int,
     spec = dataset_spec(name)
     pairs, problems = spec.pairs(data_path, split)
     class_names = spec.class_names(Path(data_path))
-    counts, bad = scan_split(pairs, class_names, workers, progress=progress, label_map=spec.label_map)
+    counts, bad = np.zeros(256, dtype=np.int64), []
+    if pairs:
+        counts, bad = scan_dataset(spec.dataset_of(data_path, pairs), workers, progress=progress)
     problems = problems + bad
     print_report(len(pairs), counts, class_names, problems)
     if save_counts:

@@ -24,6 +24,7 @@ from my_dataset import (DEMO_CLASSES, VOC_CLASSES_FILE, VOC_PALETTE, Segmentatio
                         build_dataset, collate_fn, load_class_names, make_demo_dataset, read_image, read_mask,
                         save_mask)
 from core.constants import IGNORE_INDEX
+from dataset_trees import ade20k_tree, cityscapes_tree, coco_tree
 from data_utils import (DATASETS, IMAGE_EXTENSIONS, DatasetSpec, SegmentationDataset, class_pixel_counts,
                         find_voc_pairs, image_size, make_label_map)
 
@@ -436,8 +437,8 @@ def test_build_dataset_folder(tmp_path):
 
 
 def test_build_dataset_unknown_name(tmp_path):
-    with pytest.raises(ValueError, match="voc-aug"):
-        build_dataset("coco", tmp_path, "train")
+    with pytest.raises(ValueError, match="voc-aug.*coco.*cityscapes.*ade20k"):
+        build_dataset("kitti", tmp_path, "train")
 
 
 def test_folder_reads_ppm_images(tmp_path):
@@ -537,7 +538,8 @@ def folder_tree(root: Path) -> Path:
 
 
 # A data tree for each DATASETS entry: an entry added without one fails the test below.
-LAYOUTS = {"voc": build_voc_tree, "voc-aug": voc_aug_tree, "folder": folder_tree}
+LAYOUTS = {"voc": build_voc_tree, "voc-aug": voc_aug_tree, "folder": folder_tree, "coco": coco_tree,
+           "cityscapes": cityscapes_tree, "ade20k": ade20k_tree}
 
 
 def test_registry_is_the_single_source_of_datasets(tmp_path, capsys):

@@ -61,6 +61,21 @@ def test_train_preset_keeps_image_and_mask_aligned(seed):
     assert torch.equal(out_image[0], out_mask * 10)
 
 
+def test_train_preset_rectangular_crop_is_a_window_of_the_sample():
+    # Scale fixed at 1 and no flip: a 16x40 crop (Cityscapes-style, wider than high) must be the window of
+    # the input at some offset, for image and mask alike.
+    image, mask = blocky_sample(48, 80)
+    preset = SegmentationPresetTrain(base_size=48, crop_size=16, hflip_prob=0.0, scale_range=(1.0, 1.0),
+                                     crop_width=40)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        out_image, out_mask = preset(image, mask)
+        assert out_mask.shape == (16, 40) and out_image.shape == (3, 16, 40)
+        windows = [(y, x) for y in range(48 - 16 + 1) for x in range(80 - 40 + 1)
+                   if torch.equal(mask[y:y + 16, x:x + 40], out_mask)]
+        assert windows and all(torch.equal(image[:, y:y + 16, x:x + 40], out_image) for y, x in windows)
+
+
 def test_train_preset_pads_image_with_zero_and_mask_with_ignore():
     image = torch.full((3, 20, 20), 200, dtype=torch.uint8)
     mask = torch.full((20, 20), 3, dtype=torch.uint8)

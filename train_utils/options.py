@@ -14,7 +14,9 @@ REFERENCE_LR, REFERENCE_BATCH = 0.02, 32
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     """Dataset flags shared with validation.py."""
     parser.add_argument("--data-path", default="data/VOC",
-                        help="folder that contains VOCdevkit (voc, voc-aug), or the folder dataset's root")
+                        help="dataset root: the folder holding VOCdevkit (voc, voc-aug), train2017/ and "
+                             "annotations/ (coco), leftImg8bit/ and gtFine/ (cityscapes), ADEChallengeData2016/ "
+                             "(ade20k), or the folder dataset's splits")
     parser.add_argument("--dataset", default="voc", choices=tuple(DATASETS),
                         help="; ".join(f"{name}: {spec.description}" for name, spec in DATASETS.items()))
     parser.add_argument("--eval-size", type=positive_int, default=None,
@@ -48,7 +50,9 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
     p("--warmup-epochs", type=non_negative_int, default=1, help="epochs of linear learning-rate warm-up (0: none)")
     p("--clip-grad-norm", type=positive_float, default=None, help="clip the gradient norm to this value")
     p("--base-size", type=positive_int, default=520, help="training short side before random scaling")
-    p("--crop-size", type=positive_int, default=480, help="training crop size")
+    p("--crop-size", type=positive_int, default=480, help="training crop size (its height, with --crop-width)")
+    p("--crop-width", type=positive_int, default=None,
+      help="width of a non-square training crop (default: --crop-size), e.g. 1024 for Cityscapes' 512x1024")
     p("--scale-range", type=positive_float, nargs=2, default=[0.5, 2.0], metavar=("MIN", "MAX"),
       help="random scale range of the training short side, relative to --base-size")
     p("--deterministic", action=argparse.BooleanOptionalAction, default=False,
