@@ -35,18 +35,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=6, num_val=3, size=64)
-
-
-@pytest.fixture(scope="session")
-def trained(demo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "run"
-    run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "2", *TINY)
-    return out
-
-
 def metrics_lines(out: Path):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 

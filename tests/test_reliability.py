@@ -12,18 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from my_dataset import make_demo_dataset
 from test_cli import ROOT, TINY, metrics_lines, run
 from core.cli import UsageError
 from train_utils.run_dir import check_free_space, prepare_output_dir
 
 # Fewer iterations per print, so that signals are honoured quickly.
 FAST = [*TINY, "--no-aux"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=6, num_val=2, size=64)
 
 
 @pytest.fixture
