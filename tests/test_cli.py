@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from my_dataset import VOC_PALETTE, make_demo_dataset
+from my_dataset import VOC_PALETTE
 from train_utils import class_weights_from_counts
 
 ROOT = Path(__file__).resolve().parents[1]

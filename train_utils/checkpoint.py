@@ -152,8 +152,15 @@ def run_state(training: Dict[str, Any]) -> RunState:
 
 
 def _reason(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
+    """Why a write failed. torch.save reports a failed write as a RuntimeError about stream positions; the
+    OSError of the file's write (No space left on device, File too large) is in its context."""
+    cause: Optional[BaseException] = error
+    for _ in range(8):  # the chain is short; bounded in case it loops
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
     text = str(error).strip().splitlines()
     return text[0][:200] if text else type(error).__name__
 
