@@ -234,6 +234,7 @@ def test_repair_best_brings_a_stale_best_pth_forward_and_leaves_a_good_one(tmp_p
     later = RunState(next_epoch=3, best_miou=0.5, best_epoch=1)
     _tiny_checkpoint(tmp_path / "last.pth", 2, 0.4, later)
     before = (tmp_path / "best.pth").stat().st_ino
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="test.repair"):
         repair_best(tmp_path, tmp_path / "last.pth", later, log)
     assert (tmp_path / "best.pth").stat().st_ino == before and not caplog.records
