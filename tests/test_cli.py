@@ -90,6 +90,22 @@ def test_predict_writes_palette_png_at_original_size(trained, demo, tmp_path):
     assert "median" in result.stderr and "mean" in result.stderr
 
 
+def test_predict_turns_a_phone_photo_as_a_viewer_shows_it(trained, demo, tmp_path):
+    """A photo stored sideways with EXIF orientation 6 (a quarter turn clockwise), as phones save them, and the
+    same photo already turned: one mask, of the displayed size, for both."""
+    photo = np.array(Image.open(next((demo / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))))[:, :48]
+    images = tmp_path / "photos"
+    images.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo).save(images / "stored.png", exif=exif.tobytes())  # 48 wide, 64 high as stored
+    Image.fromarray(np.rot90(photo, k=-1).copy()).save(images / "turned.png")  # 64 wide, 48 high, no EXIF
+    run("predict.py", "--weights", trained / "best.pth", "--image", images, "--output", tmp_path / "out",
+        "--device", "cpu", "--warmup", "0")
+    stored, turned = (np.array(Image.open(tmp_path / "out" / f"{n}.png")) for n in ("stored", "turned"))
+    assert stored.shape == (48, 64) and np.array_equal(stored, turned)
+
+
 def test_predict_folder(trained, demo, tmp_path):
     images = demo / "VOCdevkit" / "VOC2012" / "JPEGImages"
     run("predict.py", "--weights", trained / "last.pth", "--image", images, "--output", tmp_path / "out",
