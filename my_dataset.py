@@ -13,9 +13,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from core.cli import USER_ERRORS, ArgumentParser, non_negative_int, one_line
+from core.cli import USER_ERRORS, ArgumentParser, non_negative_int, one_line, seed
 from core.palette import (VOC_CLASSES_FILE, VOC_PALETTE, ClassNames, PathLike, load_class_names,
                           resolve_class_names)
+from core.platform import check_writable
 from data_utils import (DATASETS, DEMO_CLASSES, IMAGE_EXTENSIONS, DatasetSpec, Pair, Sample, SegmentationDataset,
                         SegmentationFolder, Transforms, VOCSegmentation, boundary_band, build_dataset, check_split,
                         check_mask_values, class_pixel_counts, collate_fn, dataset_spec, folder_pairs, image_size,
@@ -36,6 +37,8 @@ __all__ = [
 
 def run_check(args: argparse.Namespace) -> int:
     """The `check` command: 0 if the split is clean, 1 if any file has a problem."""
+    if args.save_counts:
+        check_writable(args.save_counts, "--save-counts")  # before the scan, not after it
     return check_split(args.dataset, args.data_path, args.split, args.workers, args.save_counts)
 
 
@@ -65,7 +68,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     demo.add_argument("--num-train", type=int, default=80, help="training images (default: 80)")
     demo.add_argument("--num-val", type=int, default=20, help="validation images (default: 20)")
     demo.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    demo.add_argument("--seed", type=seed, default=0, help="random seed; same seed, same files (default: 0)")
     return parser.parse_args(argv)
 
 

@@ -2,6 +2,7 @@
 import argparse
 import math
 import os
+import re
 import reprlib
 import sys
 import traceback
@@ -109,7 +110,7 @@ def _config_value(action: argparse.Action, key: str, value: Any, path: str) -> A
     return value
 
 
-def _read_config(path: str) -> Any:
+def read_config(path: str) -> Any:
     """The YAML document of `path`, or a UsageError saying why it cannot be one."""
     p = Path(path).expanduser()
     if not p.is_file():
@@ -133,7 +134,7 @@ def _read_config(path: str) -> Any:
 
 def load_config_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
     """Reads a YAML config and returns it as checked parser defaults; unknown keys are an error."""
-    data = _read_config(path)
+    data = read_config(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -147,6 +148,8 @@ def load_config_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str
         if dest not in actions:
             raise UsageError(f"{path}: unknown key {shown(name)}; valid keys are the flag names, e.g. "
                              f"{', '.join(sorted(actions)[:6])}, ... (see --help)")
+        if dest in defaults:  # batch-size and batch_size: which one was meant?
+            raise UsageError(f"{path}: {shown(name)} sets {dest} a second time; keep one of the two keys")
         defaults[dest] = _config_value(actions[dest], name, value, path)
     return defaults
 
@@ -200,7 +203,28 @@ def run_main(main: Callable[[argparse.Namespace], Optional[int]], args: argparse
         sys.exit(130)
     except OSError as e:  # disk full, I/O errors: name the file when the OS does
         fail(e, getattr(args, "debug", False), code=1)
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise  # a bug: keep the traceback
+        fail(RuntimeError(f"out of memory{_allocation(str(e))}; lower -b/--batch-size, --crop-size or --eval-size, "
+                          f"use --amp, or --mode slide for large images"), getattr(args, "debug", False), code=1)
     sys.exit(code or 0)
+
+
+def _allocation(text: str) -> str:
+    """" (tried to allocate 111.8 GiB)" from the CPU allocator's or CUDA's message, else ""."""
+    found = re.search(r"(?i)tried to allocate (\d+) bytes", text)
+    if found:
+        return f" (tried to allocate {int(found.group(1)) / 2**30:.1f} GiB)"
+    found = re.search(r"(?i)tried to allocate ([\d.]+ [KMGT]iB)", text)
+    return f" (tried to allocate {found.group(1)})" if found else ""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """An allocation failure: torch.OutOfMemoryError on a GPU, the CPU allocator's RuntimeError otherwise (a
+    size a user chose, such as --eval-size, is the usual cause, not a bug)."""
+    text = str(error)
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
 
 
 def positive_int(text: str) -> int:
@@ -214,6 +238,14 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed: 0 .. 2**32 - 1, what every generator (Python, NumPy, torch) accepts."""
+    value = int(text)
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{2 ** 32 - 1}, got {text}")
     return value
 
 

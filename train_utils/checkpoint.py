@@ -21,7 +21,7 @@ from core.cli import UsageError, shown
 from core.palette import Palette
 from core.platform import atomic_copy
 
-from .distributed import DistInfo, all_gather_objects, barrier
+from .distributed import DistInfo, all_gather_objects, barrier, elastic_restart_count
 
 
 def get_rng_state() -> Dict[str, Any]:
@@ -167,7 +167,7 @@ def _reason(error: BaseException) -> str:
 
 def resume_path(args: argparse.Namespace, out: Path) -> Optional[Path]:
     """The checkpoint to resume from: --resume PATH, --resume auto (last.pth if any), or an elastic restart."""
-    restarting = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    restarting = elastic_restart_count() > 0
     if args.resume == "auto" or (restarting and not args.resume):
         last = out / "last.pth"
         return last if last.exists() else None

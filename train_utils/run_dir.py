@@ -21,7 +21,7 @@ from core.cli import UsageError
 from core.platform import FileLock, atomic_write
 from core.runtime import Runtime
 
-from .distributed import DistInfo
+from .distributed import DistInfo, elastic_restart_count
 
 LOG_FILE = "train.log"
 CONFIG_FILE = "config.yaml"
@@ -84,9 +84,9 @@ def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int) -> T
     Returns the directory and notes for the log (orphaned temporary files removed).
     """
     out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out} is a file, not a directory; choose another --output-dir")
     try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--output-dir {out} is a file, not a directory; choose another --output-dir")
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".write_test.", suffix=".tmp")  # a name of its own
         os.close(fd)
@@ -94,7 +94,7 @@ def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int) -> T
     except OSError as e:
         raise UsageError(f"--output-dir {out} is not writable ({e.strerror or e}); choose another "
                          f"--output-dir") from None
-    restarting = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    restarting = elastic_restart_count() > 0
     # Everything below reads and changes the directory: only as its owner, so no other run interleaves.
     claim_run_dir(out, wait_s=60.0 if restarting else 0.0)
     existing = run_files(out)
@@ -149,7 +149,9 @@ def setup_logging(out: Path, is_main: bool) -> logging.Logger:
     log.propagate = False
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     if is_main:
-        file_handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")
+        # backslashreplace: a path that is not valid UTF-8 (undecodable bytes in a file name) is logged, escaped,
+        # instead of a "Logging error" traceback.
+        file_handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8", errors="backslashreplace")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(file_handler)
     console = _TqdmHandler()
