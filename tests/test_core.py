@@ -331,9 +331,11 @@ def test_yaml_alias_bomb_is_one_short_line(tmp_path, key):
     ("scale-range: [1.0]\n", ["scale-range: expected 2 values, got 1"]),
     ("epochs: " + "[" * 3000 + "]" * 3000 + "\n", ["nested too deeply"]),
     ("- epochs\n", ["expected a mapping of flag names to values, got list"]),
+    ("batch-size: 2\nbatch_size: 4\n", ["'batch_size' sets batch_size a second time"]),
+    ("seed: 4294967296\n", ["seed: 4294967296", "0..4294967295"]),
     (b"data-path: caf\xe9\n", ["not UTF-8 text (byte 14)", "save the config file as UTF-8"]),
 ], ids=["null-int", "null-int-2", "empty-path", "number-path", "binary-path", "date-path", "float-for-int",
-        "inf-text", "inf-yaml", "nan", "short-list", "deep", "not-a-mapping", "latin-1"])
+        "inf-text", "inf-yaml", "nan", "short-list", "deep", "not-a-mapping", "duplicate", "seed", "latin-1"])
 def test_yaml_values_argparse_would_refuse_are_one_line(tmp_path, capsys, text, needles):
     with pytest.raises(SystemExit) as exit_info:
         parse_config(tmp_path, text)
@@ -355,3 +357,23 @@ def test_non_finite_numbers_on_the_command_line_are_refused(capsys, flags):
     with pytest.raises(SystemExit):
         parse_with_config(train_parser(), flags)
     assert "finite" in capsys.readouterr().err
+
+
+def test_out_of_memory_from_a_chosen_size_is_one_line(capsys):
+    """The CPU allocator's failure for --eval-size 200000 (a typo for 2000), as torch raises it."""
+    from core.cli import run_main
+
+    def main(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 120000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, argparse.Namespace())
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith("error: out of memory (tried to allocate 111.8 GiB); lower -b")
+
+    def bug(args):
+        raise RuntimeError("shape mismatch in a layer")  # not a user error: the traceback stays
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_main(bug, argparse.Namespace())

@@ -306,3 +306,31 @@ def test_resume_refuses_training_state_of_the_wrong_type(tmp_path, field, value,
                     tmp_path / "x.pth")
     with pytest.raises(UsageError, match=re.escape(needle)):
         load_resume(training, tmp_path / "x.pth", logging.getLogger("test"))
+
+
+def test_launcher_variables_that_are_not_integers_are_named(monkeypatch):
+    from train_utils.distributed import elastic_restart_count, init_distributed_mode
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "one")
+    with pytest.raises(ValueError, match="TORCHELASTIC_RESTART_COUNT='one' is not an integer"):
+        elastic_restart_count()
+    monkeypatch.setenv("WORLD_SIZE", "2x")
+    with pytest.raises(ValueError, match="WORLD_SIZE='2x'"):
+        init_distributed_mode("cpu")
+
+
+def test_a_run_directory_whose_name_is_not_utf8_is_logged(tmp_path):
+    """Undecodable bytes in a path (a file name from another system) reach the log escaped, not as a
+    "--- Logging error ---" traceback on the console."""
+    from train_utils.run_dir import setup_logging
+
+    out = tmp_path / "run\udcff"  # the byte 0xff, as Python decodes it from a file name
+    out.mkdir()
+    log = setup_logging(out, True)
+    log.info(f"run directory {out}")
+    for handler in log.handlers:
+        handler.flush()
+    assert "run\\udcff" in (out / "train.log").read_text(encoding="utf-8")
+    for handler in log.handlers:
+        handler.close()
+    log.handlers.clear()
