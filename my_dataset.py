@@ -15,9 +15,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from core.cli import USER_ERRORS, ArgumentParser, non_negative_float, non_negative_int, one_line
+from core.cli import USER_ERRORS, ArgumentParser, non_negative_float, non_negative_int, one_line, seed
 from core.palette import (VOC_CLASSES_FILE, VOC_PALETTE, ClassNames, PathLike, load_class_names,
                           resolve_class_names)
+from core.platform import check_writable
 from data_utils import (ADE20K_CLASSES, CITYSCAPES_CLASSES, COCO_VOC_CATEGORIES, DATASETS, DEMO_CLASSES,
                         IMAGE_EXTENSIONS, COCOSegmentation, DatasetSpec, Pair, Sample, SegmentationDataset,
                         SegmentationFolder, Transforms, VOCSegmentation, boundary_band, build_dataset, check_split,
@@ -41,6 +42,8 @@ __all__ = [
 
 def run_check(args: argparse.Namespace) -> int:
     """The `check` command: 0 if the split is clean, 1 if any file has a problem."""
+    if args.save_counts:
+        check_writable(args.save_counts, "--save-counts")  # before the scan, not after it
     return check_split(args.dataset, args.data_path, args.split, args.workers, args.save_counts)
 
 
@@ -90,7 +93,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     demo.add_argument("--num-train", type=int, default=80, help="training images (default: 80)")
     demo.add_argument("--num-val", type=int, default=20, help="validation images (default: 20)")
     demo.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
+    demo.add_argument("--seed", type=seed, default=0, help="random seed; same seed, same files (default: 0)")
     labelme = commands.add_parser("import-labelme", help="labelme JSON files -> folder dataset with index masks")
     labelme.add_argument("src_dir", metavar="SRC_DIR", help="folder of labelme .json files")
     labelme.add_argument("--out", required=True, help="new folder for the dataset (--dataset folder --data-path)")
@@ -98,7 +101,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                          help='class file {"background": 0, "cat": 1, ...}; 0 is what no shape covers')
     labelme.add_argument("--val-fraction", type=non_negative_float, default=0.2,
                          help="share of the files put in val (default: 0.2)")
-    labelme.add_argument("--seed", type=int, default=0, help="seed of the train/val shuffle (default: 0)")
+    labelme.add_argument("--seed", type=seed, default=0, help="seed of the train/val shuffle (default: 0)")
     colors = commands.add_parser("convert-colors", help="RGB colour masks -> index masks")
     colors.add_argument("mask_dir", metavar="MASK_DIR", help="folder of colour masks")
     colors.add_argument("--colors", required=True,

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 from torch.utils.data import DataLoader
 
 from core.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
-from core.platform import append_text, atomic_write, nan_to_none
+from core.platform import append_text, atomic_write, check_writable, nan_to_none
 from core.runtime import add_runtime_flags, resolve_runtime
 from data_utils import build_dataset, collate_fn
 from src import add_model_flags
@@ -82,7 +82,15 @@ def comparison(results: Dict[str, ConfusionMatrix], class_names: List[str]) -> s
     return "\n".join(lines)
 
 
+def record_path(args: argparse.Namespace) -> Path:
+    return Path(args.record) if args.record else Path(args.weights).resolve().parent / "record_mAP.txt"
+
+
 def main(args: argparse.Namespace) -> int:
+    # The outputs are checked first: finding them unwritable after the evaluation would waste it.
+    check_writable(record_path(args), "--record" if args.record else "--record (default: next to --weights)")
+    if args.json:
+        check_writable(Path(args.json), "--json")
     info = init_distributed_mode(args.device)
     runtime = resolve_runtime(args, device=info.device)
     loaded, model = load_inference_model(args, runtime)
@@ -110,7 +118,7 @@ def report(args: argparse.Namespace, name: str, num_images: int, results: Dict[s
     if len(results) > 1:
         text += comparison(results, class_names) + "\n"
     print(text)
-    record = Path(args.record) if args.record else Path(args.weights).resolve().parent / "record_mAP.txt"
+    record = record_path(args)
     append_text(record, text + "\n")
     print(f"appended to {record}", file=sys.stderr)
     if args.json:

@@ -14,6 +14,7 @@ import signal
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Dict, Iterator, Optional, Union
@@ -89,6 +90,29 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     fsync_dir(path.parent)
 
 
+def check_writable(path: PathLike, what: str) -> None:
+    """Raises a one-line OSError naming `what` (a flag) unless `path` can be written as atomic_write writes
+    it: a temporary file in its folder, then a rename. Nothing is left behind (folders are not created).
+
+    For checking an output before hours of work, not after.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folders that do not exist yet are created when the file is written
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{what} {path}: {folder} is a file, not a folder; choose another path")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write_test.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise PermissionError(f"{what} {path}: cannot write in {folder} ({e.strerror or e}); choose a writable "
+                              f"path") from None
+
+
 def atomic_copy(src: PathLike, dst: PathLike) -> None:
     """Makes `dst` a copy of `src` atomically: a hard link where the platform and filesystem have them (no
     bytes written; `src` is later replaced, never modified in place, so the link keeps its content), else a
@@ -116,6 +140,10 @@ class FileLock:
     """An exclusive lock on `path` (created if missing), held by an open file: the OS releases it when the
     process ends, so a crashed or killed holder never leaves it stuck. flock on POSIX, msvcrt on Windows.
 
+    A child made by fork (DataLoader workers) would share the locked file, and the lock would outlive a
+    killed holder until its last worker noticed; the child's copy is closed at fork, so the lock lives exactly
+    as long as the process that took it.
+
     Args:
         path: the lock file.
     """
@@ -124,12 +152,14 @@ class FileLock:
         self.path = Path(path)
         self._file: Optional[Any] = None
 
-    def acquire(self, blocking: bool = True) -> bool:
-        """Takes the lock; with `blocking` False returns False at once if another process holds it."""
+    def acquire(self, blocking: bool = True, timeout: Optional[float] = None, owner: str = "") -> bool:
+        """Takes the lock; returns False if another process holds it and `blocking` is False, or still holds
+        it after `timeout` seconds. `owner` (who holds it: a pid, a command) is written into the file."""
         f = open(self.path, "a+b")
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not _try_lock(f):
-                if not blocking:
+                if not blocking or (deadline is not None and time.monotonic() >= deadline):
                     f.close()
                     return False
                 time.sleep(0.05)
@@ -137,13 +167,41 @@ class FileLock:
             f.close()
             raise
         self._file = f
+        _HELD[id(self)] = self
+        if owner:
+            self._write_owner(owner)
         return True
 
+    def _write_owner(self, owner: str) -> None:
+        # Windows locks byte 0 only, so the owner text (after it) stays readable to the processes refused.
+        f = self._file
+        with contextlib.suppress(OSError):
+            f.seek(1)
+            f.truncate()
+            f.write(owner.encode("utf-8", "replace") + b"\n")
+            f.flush()
+
+    def owner(self) -> str:
+        """What the holder wrote into the lock file (empty if nothing or unreadable)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(1)  # past the byte Windows locks, which another process cannot read
+                return f.read(4096).decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
     def release(self) -> None:
+        _HELD.pop(id(self), None)
         if self._file is not None:
             _unlock(self._file)
             self._file.close()
             self._file = None
+
+    def _drop_in_child(self) -> None:
+        # Closing (not unlocking: that would release the parent's lock too) the child's copy of the file.
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._file = None
 
     def __enter__(self) -> "FileLock":
         self.acquire()
@@ -151,6 +209,21 @@ class FileLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+# Locks held by this process, so that a forked child can drop its copies; weak, so that a lock object that
+# goes away still closes its file (and frees the lock) as before.
+_HELD: "weakref.WeakValueDictionary[int, FileLock]" = weakref.WeakValueDictionary()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_HELD.values()):
+        lock._drop_in_child()
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork (its children start fresh)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _try_lock(f: Any) -> bool:

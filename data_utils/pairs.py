@@ -43,7 +43,12 @@ def read_split_ids(split_file: Path) -> list[str]:
         hint = ("create it with tools/prepare_sbd.py" if split_file.stem == "trainaug"
                 else f"splits found there: {available or 'none'}")
         raise FileNotFoundError(f"split file {split_file} not found; {hint}")
-    ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    try:
+        text = split_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"split file {split_file} is not UTF-8 text (byte {e.start}); it must list one image id "
+                         f"per line") from None
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise ValueError(f"split file {split_file} is empty; it must list one image id per line")
     return ids

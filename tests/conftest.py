@@ -107,3 +107,22 @@ def voc_root(tmp_path: Path) -> Path:
 def voc2012(voc_root: Path) -> Path:
     """The VOCdevkit/VOC2012 folder inside voc_root."""
     return voc_root / "VOCdevkit" / "VOC2012"
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    """The demo dataset (6 training, 3 validation images of 64 x 64), shared by every test file."""
+    from my_dataset import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=6, num_val=3, size=64)
+
+
+@pytest.fixture(scope="session")
+def trained(demo, tmp_path_factory) -> Path:
+    """One finished 2-epoch run on `demo` (fcn_resnet50 with aux, CPU), shared by every test file: treat it as
+    read-only (hard-link its files into a folder of your own to resume or damage it)."""
+    from test_cli import TINY, run
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "2", *TINY)
+    return out

@@ -17,6 +17,7 @@ from PIL import Image
 from my_dataset import make_demo_dataset, save_mask
 from src import build_model
 from test_cli import TINY, run
+from train_utils.run_dir import RUN_LOCK
 
 VOC = Path("VOCdevkit") / "VOC2012"
 
@@ -32,7 +33,9 @@ def base(tmp_path_factory):
 
 
 def fingerprint(folder: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    """Hash of every file but the run-directory lock, which each run that claims the folder rewrites."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != RUN_LOCK}
 
 
 def broken_copy(base, tmp_path, breaker) -> Path:
@@ -158,6 +161,9 @@ def write_checkpoint(kind: str, path: Path) -> Path:
     elif kind == "other-classes":
         torch.save({"model": build_model("fcn_resnet50", num_classes=3, aux=False).state_dict(),
                     "model_name": "fcn_resnet50", "num_classes": 3}, path)
+    elif kind == "wrong-type":  # metadata edited by hand, or written by another program
+        torch.save({"format_version": 2, "model": {"w": torch.zeros(1)}, "model_name": "fcn_resnet50",
+                    "num_classes": "5", "class_names": [0, 1, 2, 3, 4]}, path)
     return path
 
 
@@ -167,6 +173,7 @@ CHECKPOINT_CASES = [
     ("exploit", ["bad.pth", "refused by weights_only=True"]),
     ("other-model", ["bad.pth", "fcn32s"]),
     ("other-classes", ["bad.pth", "3 classes"]),
+    ("wrong-type", ["bad.pth", "'num_classes' is str '5', expected int"]),
 ]
 
 
@@ -230,3 +237,29 @@ def test_predict_bad_inputs(base, tmp_path):
 def test_dataset_check_missing_path(tmp_path):
     assert_one_line_error(run("my_dataset.py", "check", "--data-path", tmp_path / "nowhere", check=False),
                           "nowhere", "VOCdevkit")
+
+
+# ----------------------------------------------------------------------------- records are never lost
+
+def test_resume_auto_without_last_pth_keeps_the_run(base, tmp_path):
+    """A run directory with best.pth and records but no last.pth (deleted, or lost with a disk): starting
+    afresh would wipe the records and replace best.pth with an epoch-0 model."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for path in base["run"].iterdir():
+        if path.name != "last.pth" and path.is_file():
+            (os.link if path.suffix == ".pth" else shutil.copy2)(path, out / path.name)
+    before = fingerprint(out)
+    result = run("train.py", "--data-path", base["data"], "--output-dir", out, "--epochs", "2", "--resume", "auto",
+                 *TINY, "--no-aux", check=False)
+    assert_one_line_error(result, "--resume auto", "no last.pth", f"--resume {out / 'best.pth'}", "--overwrite")
+    assert fingerprint(out) == before
+
+
+def test_validation_checks_its_record_before_evaluating(base, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("validation.py", "--data-path", base["data"], "--weights", base["run"] / "last.pth", "--device",
+                 "cpu", "-j", "0", "--record", blocker / "record_mAP.txt", check=False)
+    assert_one_line_error(result, "--record", "is a file, not a folder")
+    assert "global correct" not in result.stdout  # refused before evaluating, not after

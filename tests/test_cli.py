@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from my_dataset import VOC_PALETTE, make_demo_dataset
+from my_dataset import VOC_PALETTE
 from train_utils import class_weights_from_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,18 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=6, num_val=3, size=64)
-
-
-@pytest.fixture(scope="session")
-def trained(demo, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "run"
-    run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "2", *TINY)
-    return out
 
 
 def metrics_lines(out: Path):
@@ -100,6 +88,22 @@ def test_predict_writes_palette_png_at_original_size(trained, demo, tmp_path):
     probs = np.load(tmp_path / "mask_probs.npy")
     assert probs.shape == (5, 71, 83) and np.allclose(probs.sum(0), 1, atol=1e-2)
     assert "median" in result.stderr and "mean" in result.stderr
+
+
+def test_predict_turns_a_phone_photo_as_a_viewer_shows_it(trained, demo, tmp_path):
+    """A photo stored sideways with EXIF orientation 6 (a quarter turn clockwise), as phones save them, and the
+    same photo already turned: one mask, of the displayed size, for both."""
+    photo = np.array(Image.open(next((demo / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))))[:, :48]
+    images = tmp_path / "photos"
+    images.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo).save(images / "stored.png", exif=exif.tobytes())  # 48 wide, 64 high as stored
+    Image.fromarray(np.rot90(photo, k=-1).copy()).save(images / "turned.png")  # 64 wide, 48 high, no EXIF
+    run("predict.py", "--weights", trained / "best.pth", "--image", images, "--output", tmp_path / "out",
+        "--device", "cpu", "--warmup", "0")
+    stored, turned = (np.array(Image.open(tmp_path / "out" / f"{n}.png")) for n in ("stored", "turned"))
+    assert stored.shape == (48, 64) and np.array_equal(stored, turned)
 
 
 def test_predict_folder(trained, demo, tmp_path):

@@ -1,9 +1,12 @@
 """The ground floor: runtime policy and flags, the checkpoint format and its older versions, the platform layer
 (with a simulated platform that lacks fcntl, os.fchmod, os.link and sigtimedwait), and the layering itself."""
 import argparse
+import contextlib
 import json
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +17,8 @@ from torch import nn
 
 from core.checkpoint import (FORMAT_VERSION, Checkpoint, describe, format_version, load_checkpoint,
                              parse_checkpoint, save_checkpoint)
-from core.cli import ArgumentParser
-from core.platform import FileLock
+from core.cli import ArgumentParser, parse_with_config
+from core.platform import FileLock, check_writable
 from core.runtime import add_runtime_flags, resolve_device, resolve_runtime
 from data_utils import make_demo_dataset
 from src import build_model, model_from_checkpoint
@@ -236,3 +239,141 @@ def test_platform_without_posix_extras_trains_resumes_and_predicts(tmp_path):
         "--device", "cpu")
     assert (tmp_path / "mask.png").is_file()
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_a_lock_is_not_held_by_the_processes_its_holder_forks(tmp_path):
+    """DataLoader workers are forked from the run that holds its directory's lock; killed with kill -9, the
+    run must leave the lock free even while its workers live on."""
+    holder = subprocess.Popen([sys.executable, "-c", "import multiprocessing as mp, sys, time; "
+                               "sys.path.insert(0, sys.argv[1]); from core.platform import FileLock; "
+                               "lock = FileLock(sys.argv[2]); lock.acquire(owner='the holder'); "
+                               "mp.set_start_method('fork'); c = mp.Process(target=time.sleep, args=(60,)); "
+                               "c.start(); print(c.pid, flush=True); time.sleep(60)",
+                               str(ROOT), str(tmp_path / "x.lock")], stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        lock = FileLock(tmp_path / "x.lock")
+        assert not lock.acquire(blocking=False) and lock.owner() == "the holder"
+        holder.kill()
+        holder.wait()
+        os.kill(child, 0)  # the forked child is still alive...
+        assert lock.acquire(blocking=False)  # ...and the lock is free
+        lock.release()
+    finally:
+        holder.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_check_writable_names_the_flag_and_leaves_nothing(tmp_path):
+    check_writable(tmp_path / "new" / "deeper" / "record.txt", "--record")
+    assert [p.name for p in tmp_path.iterdir()] == []  # neither folders nor probe files left
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="--record .*file is a file, not a folder"):
+        check_writable(tmp_path / "file" / "record.txt", "--record")
+    with pytest.raises(IsADirectoryError, match="--json .* is a folder"):
+        check_writable(tmp_path, "--json")
+
+
+# ------------------------------------------------------------------------------------ YAML config files
+
+def train_parser() -> argparse.ArgumentParser:
+    from train_utils.options import get_args_parser
+
+    return get_args_parser("train")
+
+
+def parse_config(tmp_path: Path, text, *argv: str) -> argparse.Namespace:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return parse_with_config(train_parser(), ["--config", str(path), *argv])
+
+
+# 297 bytes whose aliases expand to 9^9 (387 million) numbers: formatting it for the message ran out of memory.
+ALIAS_BOMB = ("[&a [1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,*b,*b,*b,*b], "
+              "&d [*c,*c,*c,*c,*c,*c,*c,*c,*c], &e [*d,*d,*d,*d,*d,*d,*d,*d,*d], &f [*e,*e,*e,*e,*e,*e,*e,*e,*e], "
+              "&g [*f,*f,*f,*f,*f,*f,*f,*f,*f], &h [*g,*g,*g,*g,*g,*g,*g,*g,*g], &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]]")
+
+
+@pytest.mark.parametrize("key", ["epochs", "data-path", "scale-range", "class-weights", "aux"])
+def test_yaml_alias_bomb_is_one_short_line(tmp_path, key):
+    """In a child process with 2 GiB of address space and 60 s, so that a regression fails the test rather
+    than the machine."""
+    value = f"[{ALIAS_BOMB}, 1.0]" if key == "scale-range" else ALIAS_BOMB  # a list flag: the bomb as an item
+    (tmp_path / "bomb.yaml").write_text(f"{key}: {value}\n")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+            "sys.path.insert(0, sys.argv[1]); import argparse; "
+            "from core.cli import ArgumentParser, parse_with_config, positive_int, positive_float; "
+            "p = ArgumentParser(); p.add_argument('--config'); p.add_argument('--epochs', type=positive_int, default=3); "
+            "p.add_argument('--data-path', default='x'); "
+            "p.add_argument('--scale-range', type=positive_float, nargs=2, default=[0.5, 2.0]); "
+            "p.add_argument('--class-weights', default='none', choices=('none', 'median')); "
+            "p.add_argument('--aux', action=argparse.BooleanOptionalAction, default=None); "
+            "parse_with_config(p, ['--config', sys.argv[2]])")
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path / "bomb.yaml")],
+                            capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and len(lines[0]) < 400, result.stderr[-2000:]
+    assert lines[0].startswith(f"error: {tmp_path / 'bomb.yaml'}: {key}: ") and "..." in lines[0]
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("epochs: ~\n", ["epochs: null", "remove the key to keep the default (30)"]),
+    ("batch-size: null\n", ["batch-size: null"]),
+    ("data-path:\n", ["data-path: null", "'data/VOC'"]),
+    ("data-path: 5\n", ["data-path: 5 is not a valid value", "a string"]),
+    ("data-path: !!binary aGVsbG8=\n", ["data-path: b'hello'", "a string"]),
+    ("output-dir: 2024-01-01\n", ["output-dir: datetime.date(2024, 1, 1)", "quote it"]),
+    ("epochs: 5.5\n", ["epochs: 5.5 is not a valid value (expected positive int)"]),
+    ("scale-range: [inf, inf]\n", ["scale-range: 'inf'", "finite positive number"]),
+    ("scale-range: [.inf, 1.0]\n", ["scale-range: inf", "finite"]),
+    ("lr: .nan\n", ["lr: nan", "finite positive number"]),
+    ("scale-range: [1.0]\n", ["scale-range: expected 2 values, got 1"]),
+    ("epochs: " + "[" * 3000 + "]" * 3000 + "\n", ["nested too deeply"]),
+    ("- epochs\n", ["expected a mapping of flag names to values, got list"]),
+    ("batch-size: 2\nbatch_size: 4\n", ["'batch_size' sets batch_size a second time"]),
+    ("seed: 4294967296\n", ["seed: 4294967296", "0..4294967295"]),
+    (b"data-path: caf\xe9\n", ["not UTF-8 text (byte 14)", "save the config file as UTF-8"]),
+], ids=["null-int", "null-int-2", "empty-path", "number-path", "binary-path", "date-path", "float-for-int",
+        "inf-text", "inf-yaml", "nan", "short-list", "deep", "not-a-mapping", "duplicate", "seed", "latin-1"])
+def test_yaml_values_argparse_would_refuse_are_one_line(tmp_path, capsys, text, needles):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(tmp_path, text)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {tmp_path / 'config.yaml'}: ")
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_yaml_paths_expand_home_and_null_keeps_an_unset_default(tmp_path):
+    args = parse_config(tmp_path, "data-path: ~/data/VOC\noutput-dir: ~\nlr: ~\nepochs: 7\n")
+    assert args.data_path == str(Path.home() / "data" / "VOC") and args.epochs == 7
+    assert args.output_dir is None and args.lr is None  # flags whose default is "not given"
+
+
+@pytest.mark.parametrize("flags", [["--scale-range", "inf", "inf"], ["--lr", "inf"], ["--aux-weight", "nan"]])
+def test_non_finite_numbers_on_the_command_line_are_refused(capsys, flags):
+    with pytest.raises(SystemExit):
+        parse_with_config(train_parser(), flags)
+    assert "finite" in capsys.readouterr().err
+
+
+def test_out_of_memory_from_a_chosen_size_is_one_line(capsys):
+    """The CPU allocator's failure for --eval-size 200000 (a typo for 2000), as torch raises it."""
+    from core.cli import run_main
+
+    def main(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 120000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, argparse.Namespace())
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith("error: out of memory (tried to allocate 111.8 GiB); lower -b")
+
+    def bug(args):
+        raise RuntimeError("shape mismatch in a layer")  # not a user error: the traceback stays
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_main(bug, argparse.Namespace())

@@ -747,3 +747,17 @@ def test_data_layer_imports_only_core():
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["['core', 'data_utils']",
                                           "['core', 'data_utils', 'my_dataset', 'transforms']", "[]"]
+
+
+def test_check_refuses_an_unwritable_counts_file_before_scanning(voc_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(my_dataset, "check_split", lambda *a: pytest.fail("scanned before checking"))
+    args = my_dataset.parse_args(["check", "--data-path", str(voc_root), "--workers", "0", "--save-counts",
+                                  str(tmp_path)])
+    assert my_dataset.main(args) == 2
+    assert capsys.readouterr().err.strip() == f"error: --save-counts {tmp_path} is a folder; give a file name"
+
+
+def test_split_file_that_is_not_text_is_named(voc_root, voc2012):
+    (voc2012 / "ImageSets" / "Segmentation" / "train.txt").write_bytes(b"gen_000\n\xff\xfe\n")
+    with pytest.raises(ValueError, match=r"split file .*train.txt is not UTF-8 text \(byte 8\)"):
+        VOCSegmentation(voc_root, split="train")

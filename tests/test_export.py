@@ -200,3 +200,19 @@ def test_main_exits_nonzero_when_an_export_differs(checkpoint, tmp_path, monkeyp
     assert tool.main(args) == 1
     captured = capsys.readouterr()
     assert "MISMATCH" in captured.out and "does not match PyTorch" in captured.err
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--format", "onnx", "--opset", "1000"], "--opset 1000: this torch exports ONNX opsets"),
+    (["--output-dir", "FILE"], "is a file, not a folder"),
+], ids=["opset", "output-is-a-file"])
+def test_outputs_that_cannot_be_written_are_refused_before_exporting(checkpoint, tmp_path, monkeypatch, flags,
+                                                                      needle):
+    """An opset torch cannot write used to print a converter traceback and write another opset, exit 0."""
+    (tmp_path / "FILE").write_text("x")
+    tool = load_tool()
+    monkeypatch.setattr(tool, "load_for_export", lambda *a: pytest.fail("loaded the model before checking"))
+    flags = [str(tmp_path / "FILE") if f == "FILE" else f for f in flags]
+    argv = ["--weights", str(checkpoint), "--output-dir", str(tmp_path / "out"), *flags]
+    with pytest.raises(ValueError, match=needle):
+        tool.main(tool.parse_args(argv))

@@ -108,3 +108,24 @@ def test_reset_and_empty():
     cm.update(torch.tensor([1]), torch.tensor([1]))
     cm.reset()
     assert cm.matrix.sum() == 0
+
+
+@pytest.mark.parametrize("bad", [3, -1, 7])
+def test_predictions_outside_the_classes_are_an_error_not_another_cell(bad):
+    """A 3-class matrix fed a prediction `bad` for a labelled pixel: counting it as bad mod 3 or in class 2's
+    cell would silently change the metrics. Predictions on ignored pixels do not matter."""
+    gt = torch.tensor([0, 1, 2, 1, IGNORE_INDEX])
+    cm = ConfusionMatrix(3)
+    cm.update(gt, torch.tensor([0, 1, 2, 2, bad]))  # the bad value on an ignored pixel: fine
+    expected = np.zeros((3, 3), dtype=np.int64)
+    for g, p in [(0, 0), (1, 1), (2, 2), (1, 2)]:
+        expected[g, p] += 1
+    assert np.array_equal(cm.matrix.numpy(), expected)
+    cm.update(gt, torch.tensor([0, bad, 2, 1, 0]))
+    with pytest.raises(ValueError, match="1 labelled pixels were predicted as classes outside 0..2"):
+        cm.metrics()
+
+
+def test_update_refuses_target_and_prediction_of_different_shapes():
+    with pytest.raises(ValueError, match=r"target \(2, 3\) and prediction \(3, 2\)"):
+        ConfusionMatrix(3).update(torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long))

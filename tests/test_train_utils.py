@@ -1,6 +1,8 @@
 """Samplers, checkpoints and records, the training loop, and 1- vs 2-process evaluation."""
+import argparse
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -269,3 +271,66 @@ def test_atomic_copy_survives_replacing_the_source(tmp_path):
     assert torch.load(best, weights_only=True)["epoch"] == 1
     assert torch.load(last, weights_only=True)["epoch"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
+
+
+def test_evaluate_refuses_a_model_with_other_output_channels():
+    """A 4-class model scored as 3 classes: its argmax 3 would land in another cell (or be dropped)."""
+    with pytest.raises(ValueError, match="the model outputs 4 classes, but the evaluation is of 3"):
+        evaluate(TinySegNet(num_classes=4), _eval_loader(SizedImages(3)), torch.device("cpu"), 3)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("next_epoch", "3", "'next_epoch' is '3', expected int >= 0"),
+    ("next_step", -2, "'next_step' is -2"),
+    ("best_miou", "high", "'best_miou' is 'high'"),
+    ("best_epoch", True, "'best_epoch' is True"),
+    ("partial_loss", ["a", 1], "'partial_loss' is ['a', 1]"),
+    ("rng", [{"python": 5}], "cannot resume from it"),
+])
+def test_resume_refuses_training_state_of_the_wrong_type(tmp_path, field, value, needle):
+    """The training part of a checkpoint, edited or damaged: one line naming the field, before training."""
+    import logging
+
+    from core.cli import UsageError
+    from train_utils.checkpoint import Training, load_resume
+    from train_utils.distributed import DistInfo
+
+    model = TinySegNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = create_lr_scheduler(opt, 5, 3)
+    args = argparse.Namespace(model="tiny", num_classes=3, dataset="folder")
+    training = Training(args, DistInfo(), model, opt, sched, torch.amp.GradScaler("cpu", enabled=False), [])
+    state = training.checkpoint().training
+    state[field] = value
+    save_checkpoint(Checkpoint(model.state_dict(), model_name="tiny", num_classes=3, training=state),
+                    tmp_path / "x.pth")
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        load_resume(training, tmp_path / "x.pth", logging.getLogger("test"))
+
+
+def test_launcher_variables_that_are_not_integers_are_named(monkeypatch):
+    from train_utils.distributed import elastic_restart_count, init_distributed_mode
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "one")
+    with pytest.raises(ValueError, match="TORCHELASTIC_RESTART_COUNT='one' is not an integer"):
+        elastic_restart_count()
+    monkeypatch.setenv("WORLD_SIZE", "2x")
+    with pytest.raises(ValueError, match="WORLD_SIZE='2x'"):
+        init_distributed_mode("cpu")
+
+
+def test_a_run_directory_whose_name_is_not_utf8_is_logged(tmp_path):
+    """Undecodable bytes in a path (a file name from another system) reach the log escaped, not as a
+    "--- Logging error ---" traceback on the console."""
+    from train_utils.run_dir import setup_logging
+
+    out = tmp_path / "run\udcff"  # the byte 0xff, as Python decodes it from a file name
+    out.mkdir()
+    log = setup_logging(out, True)
+    log.info(f"run directory {out}")
+    for handler in log.handlers:
+        handler.flush()
+    assert "run\\udcff" in (out / "train.log").read_text(encoding="utf-8")
+    for handler in log.handlers:
+        handler.close()
+    log.handlers.clear()

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from core.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
-from core.cli import USER_ERRORS, ArgumentParser, HelpFormatter, one_line  # noqa: E402
+from core.cli import USER_ERRORS, ArgumentParser, HelpFormatter, one_line, read_config  # noqa: E402
 from core.palette import load_class_names  # noqa: E402
 from core.runtime import add_device_flag  # noqa: E402
 from data_utils import make_demo_dataset  # noqa: E402
@@ -60,11 +60,13 @@ def main() -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    args.config = str(Path(args.config).resolve())  # train.py runs from the repository root
-    config = yaml.safe_load(Path(args.config).read_text())
-    missing = [k for k in ("data-path", "output-dir", "model") if k not in (config or {})]
-    if missing:
-        raise ValueError(f"{args.config}: the demo needs {', '.join(missing)} in the config; start from "
+    args.config = str(Path(args.config).expanduser().resolve())  # train.py runs from the repository root
+    config = read_config(args.config)
+    if not isinstance(config, dict):
+        raise ValueError(f"{args.config}: expected a mapping of flag names to values; start from configs/demo.yaml")
+    wrong = [k for k in ("data-path", "output-dir", "model") if not isinstance(config.get(k), str)]
+    if wrong:
+        raise ValueError(f"{args.config}: the demo needs {', '.join(wrong)} in the config, as text; start from "
                          f"configs/demo.yaml")
     data, out = ROOT / config["data-path"], ROOT / config["output-dir"]
     start = time.perf_counter()

@@ -183,14 +183,30 @@ def export(fmt: str, module: nn.Module, example: torch.Tensor, out_dir: Path, op
     return onnx_runner(path)
 
 
+def check_opset(opset: int) -> None:
+    """Refuses an opset torch cannot write: its exporter would print a converter traceback and silently write
+    another opset instead."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET, ONNX_MIN_OPSET
+    except ImportError:  # a torch that moved them: let the exporter judge
+        return
+    if not ONNX_MIN_OPSET <= opset <= ONNX_MAX_OPSET:
+        raise ValueError(f"--opset {opset}: this torch exports ONNX opsets {ONNX_MIN_OPSET}..{ONNX_MAX_OPSET}; "
+                         f"choose one of them (default 17)")
+
+
 def main(args: argparse.Namespace) -> int:
     if args.size < MIN_SIZE:
         raise ValueError(f"--size must be at least {MIN_SIZE}, got {args.size}")
+    out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--output-dir {out_dir} is a file, not a folder; choose another --output-dir")
     formats = chosen_formats(args.format)
+    if "onnx" in formats:
+        check_opset(args.opset)
     model, description = load_for_export(args.weights, args.model, args.num_classes)
     print(f"loaded {args.weights}: {description}")
     module = LogitsOnly(model).eval()
-    out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(1, 3, args.size, args.size, generator=generator)

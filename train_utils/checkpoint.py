@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from core.cli import UsageError
+from core.cli import UsageError, shown
 from core.palette import Palette
 from core.platform import atomic_copy
 
-from .distributed import DistInfo, all_gather_objects, barrier
+from .distributed import DistInfo, all_gather_objects, barrier, elastic_restart_count
 
 
 def get_rng_state() -> Dict[str, Any]:
@@ -128,21 +128,46 @@ class Training:
         elif rng:
             log.warning(f"checkpoint saved by {len(rng)} processes, resumed by {self.info.world_size}: "
                         f"random streams restart, so this run will not repeat the original bit for bit")
-        self.state = RunState(int(training["next_epoch"]), int(training["next_step"]),
-                              tuple(training.get("partial_loss", (0.0, 0))), float(training["best_miou"]),
-                              int(training.get("best_epoch", -1)))
+        self.state = run_state(training)
+
+
+def _field(training: Dict[str, Any], key: str, kinds: Tuple[type, ...], low: float, default: Any = None) -> Any:
+    value = training.get(key, default)
+    # `type`, not isinstance: True is an int, and a bool here is a damaged file.
+    if type(value) not in kinds or not value >= low:
+        raise ValueError(f"training field {key!r} is {shown(value)}, expected "
+                         f"{' or '.join(k.__name__ for k in kinds)} >= {low:g}")
+    return value
+
+
+def run_state(training: Dict[str, Any]) -> RunState:
+    """The RunState a checkpoint's training dict records, each field checked for type and range."""
+    partial = training.get("partial_loss", (0.0, 0))
+    if (not isinstance(partial, (list, tuple)) or len(partial) != 2 or type(partial[0]) not in (int, float)
+            or type(partial[1]) is not int):
+        raise ValueError(f"training field 'partial_loss' is {shown(partial)}, expected [loss sum, steps]")
+    return RunState(_field(training, "next_epoch", (int,), 0), _field(training, "next_step", (int,), 0),
+                    (float(partial[0]), partial[1]), float(_field(training, "best_miou", (int, float), -math.inf)),
+                    _field(training, "best_epoch", (int,), -1, -1))
 
 
 def _reason(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
+    """Why a write failed. torch.save reports a failed write as a RuntimeError about stream positions; the
+    OSError of the file's write (No space left on device, File too large) is in its context."""
+    cause: Optional[BaseException] = error
+    for _ in range(8):  # the chain is short; bounded in case it loops
+        if cause is None:
+            break
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
     text = str(error).strip().splitlines()
     return text[0][:200] if text else type(error).__name__
 
 
 def resume_path(args: argparse.Namespace, out: Path) -> Optional[Path]:
     """The checkpoint to resume from: --resume PATH, --resume auto (last.pth if any), or an elastic restart."""
-    restarting = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    restarting = elastic_restart_count() > 0
     if args.resume == "auto" or (restarting and not args.resume):
         last = out / "last.pth"
         return last if last.exists() else None
@@ -169,9 +194,42 @@ def load_resume(training: Training, path: Path, log: logging.Logger) -> None:
                          f"with --weights instead of --resume")
     try:
         training.restore(ckpt.training, ckpt.state_dict, log)
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+    except (KeyError, IndexError, AttributeError, RuntimeError, ValueError, TypeError) as e:
         raise UsageError(f"{path}: cannot resume from it ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                          f"is it a checkpoint of this run?") from None
     s = training.state
     log.info(f"resumed from {path}: epoch {s.next_epoch}, iteration {s.next_step}, best mIoU "
              f"{s.best_miou * 100:.1f}")
+
+
+def _saved_as(path: Path) -> Optional[Tuple[Any, Any]]:
+    """(epoch, mIoU) a checkpoint file records, read without loading its tensors; None if missing or unreadable."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, truncated, not a checkpoint: in every case not the best epoch's file
+        return None
+    if not isinstance(obj, dict):
+        return None
+    metrics = obj.get("metrics")
+    return obj.get("epoch"), metrics.get("mean_iou") if isinstance(metrics, dict) else None
+
+
+def repair_best(out: Path, resumed: Path, state: RunState, log: logging.Logger) -> None:
+    """After resuming from `out`/last.pth, makes best.pth the best epoch's checkpoint again if a kill between
+    replacing last.pth and linking best.pth left it one epoch behind, or missing."""
+    last, best = out / "last.pth", out / "best.pth"
+    if not last.is_file() or not resumed.is_file() or not os.path.samefile(resumed, last) or state.best_epoch < 0:
+        return
+    if best.is_file() and os.path.samefile(best, last):
+        return
+    found = _saved_as(best)
+    if found == (state.best_epoch, state.best_miou):  # a copy (no hard links on this filesystem)
+        return
+    was = "missing" if not best.is_file() else f"of epoch {found[0]}" if found else "unreadable"
+    if state.next_step == 0 and state.best_epoch == state.next_epoch - 1:  # last.pth is the best epoch
+        atomic_copy(last, best)
+        log.warning(f"best.pth was {was}, but the best epoch is {state.best_epoch} (the run was stopped between "
+                    f"writing last.pth and best.pth): restored it from last.pth")
+    else:
+        log.warning(f"best.pth is {was}, not the best epoch {state.best_epoch}, whose weights are gone; it is "
+                    f"replaced when an epoch beats mIoU {state.best_miou * 100:.1f}")

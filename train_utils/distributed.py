@@ -31,8 +31,18 @@ class DistInfo:
 def _env_int(*names: str) -> Optional[int]:
     for name in names:
         if name in os.environ:
-            return int(os.environ[name])
+            try:
+                return int(os.environ[name])
+            except ValueError:
+                raise ValueError(f"environment variable {name}={os.environ[name]!r:.40} is not an integer; launch "
+                                 f"with torchrun (or srun), which set it, or unset it") from None
     return None
+
+
+def elastic_restart_count() -> int:
+    """How many times torchrun has restarted the group (TORCHELASTIC_RESTART_COUNT; 0 on the first attempt
+    and without torchrun)."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT") or 0
 
 
 def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800) -> DistInfo:
@@ -70,7 +80,7 @@ def _attempt_store(rank: int, world_size: int, timeout_s: int) -> dist.Store:
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts the server
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
                           is_master=rank == 0 and not agent, timeout=timedelta(seconds=timeout_s))
-    return dist.PrefixStore(f"fcn/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    return dist.PrefixStore(f"fcn/attempt_{elastic_restart_count()}", store)
 
 
 def is_dist_avail_and_initialized() -> bool:

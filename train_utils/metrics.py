@@ -35,19 +35,28 @@ class ConfusionMatrix:
             self._allocate(device)
 
     def _allocate(self, device: torch.device) -> None:
-        # One bin past the end collects the skipped pixels, so that no boolean indexing (a host sync
-        # on CUDA) is needed; torch.bincount would also sync to size its output.
-        self.mat = torch.zeros(self.num_classes ** 2 + 1, dtype=torch.int64, device=device)
+        # Two bins past the end: skipped pixels, and labelled pixels whose prediction is no class. Binning
+        # them needs no boolean indexing or range check on the host (each a sync on CUDA); torch.bincount
+        # would also sync to size its output. The second bin is checked when the matrix is read.
+        self.mat = torch.zeros(self.num_classes ** 2 + 2, dtype=torch.int64, device=device)
 
     def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
-        """Adds the pixels of `target` (labels) and `pred` (class indices), tensors of the same shape."""
+        """Adds the pixels of `target` (labels) and `pred` (class indices), tensors of the same shape.
+
+        A prediction outside [0, num_classes) for a labelled pixel is an error (raised when the matrix is
+        read): it would otherwise be counted in another class's cell.
+        """
+        if target.shape != pred.shape:
+            raise ValueError(f"ConfusionMatrix.update: target {tuple(target.shape)} and prediction "
+                             f"{tuple(pred.shape)} differ in shape")
         n = self.num_classes
         if self.mat is None:
             self._allocate(target.device)
         target = target.reshape(-1).to(self.mat.device).long()
         pred = pred.reshape(-1).to(self.mat.device).long()
         valid = (target >= 0) & (target < n)
-        index = torch.where(valid, target * n + pred, n * n)
+        in_range = (pred >= 0) & (pred < n)
+        index = torch.where(valid, torch.where(in_range, target * n + pred, n * n + 1), n * n)
         self.mat.index_add_(0, index, torch.ones_like(index))
 
     def reset(self) -> None:
@@ -60,6 +69,10 @@ class ConfusionMatrix:
         n = self.num_classes
         if self.mat is None:
             return torch.zeros(n, n, dtype=torch.int64)
+        bad = int(self.mat[n * n + 1])
+        if bad:
+            raise ValueError(f"{bad} labelled pixels were predicted as classes outside 0..{n - 1}: the "
+                             f"predictions are not of a {n}-class model (check --num-classes against the model)")
         return self.mat[: n * n].reshape(n, n)
 
     def reduce_from_all_processes(self) -> None:

@@ -3,7 +3,7 @@ import argparse
 from typing import Optional
 
 from core.cli import (ArgumentParser, HelpFormatter, UsageError, add_config_flags, non_negative_float,
-                      non_negative_int, positive_float, positive_int)
+                      non_negative_int, positive_float, positive_int, seed)
 from core.runtime import add_runtime_flags
 from data_utils import DATASETS
 from src import add_model_flags
@@ -64,13 +64,14 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
       help="ImageNet weights for the backbone: a local torchvision .pth file, auto (torchvision's cache or "
            "download), or none")
     p("--resume", default=None, metavar="PATH|auto",
-      help="resume a run from a checkpoint; auto = last.pth in --output-dir if present")
+      help="resume a run from a checkpoint; auto = last.pth in --output-dir (a new run if the folder holds no run; "
+           "refused if it holds best.pth or records but no last.pth)")
     p("--overwrite", action="store_true",
       help="start a new run in an --output-dir that already holds one (its checkpoints get replaced)")
     p("--stop-after-epochs", type=positive_int, default=None,
       help="exit (resumable, with --resume auto) after this many epochs of this invocation: for job time limits")
     p("--output-dir", default=None, help="run directory (default: runs/<model>_<dataset>)")
-    p("--seed", type=non_negative_int, default=0, help="random seed")
+    p("--seed", type=seed, default=0, help="random seed")
     p("--print-freq", type=positive_int, default=10, help="iterations between loss prints (and host syncs)")
     p("--eval-every", type=non_negative_int, default=1, help="evaluate every N epochs (0: only at the end)")
     p("--eval-batch-size", type=positive_int, default=8,

@@ -1,11 +1,16 @@
-"""The run directory: created once, never clobbered, checked for room, and given the run's config and log."""
+"""The run directory: created once, owned by one run at a time, never clobbered, checked for room, cleaned of
+what killed writes left, and given the run's config and log."""
 import argparse
+import contextlib
 import logging
 import os
 import shutil
+import socket
 import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import torch
 import torchvision
@@ -13,45 +18,119 @@ import yaml
 from tqdm import tqdm
 
 from core.cli import UsageError
-from core.platform import atomic_write
+from core.platform import FileLock, atomic_write
 from core.runtime import Runtime
 
-from .distributed import DistInfo
+from .distributed import DistInfo, elastic_restart_count
 
 LOG_FILE = "train.log"
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = ("last.pth", "best.pth")
+RECORDS = ("results.txt", "metrics.jsonl")
+RUN_LOCK = ".run.lock"
+# Temporary files of the run's own atomic writes; a kill mid-write leaves one behind (a whole checkpoint's
+# worth of bytes). Only these names: other tools (validation.py's record) may be writing in the folder.
+ORPHAN_PATTERNS = (".*.pth.*.tmp", ".write_test.*.tmp", *(f".{name}.*.tmp" for name in (*RECORDS, CONFIG_FILE)))
+
+# The run directories this process owns (one per directory, held until the run ends or the process dies).
+_OWNED: Dict[str, FileLock] = {}
 
 
-def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int) -> Path:
-    """Creates the run directory and refuses to clobber an existing run or to start on a full disk."""
+def claim_run_dir(out: Path, wait_s: float = 0.0) -> None:
+    """Makes this process the owner of the run directory `out`, or raises a UsageError naming the owner.
+
+    The lock is a file lock, so a run that crashes or is killed (kill -9 included) leaves it free. Only rank 0
+    takes it; an elastic restart waits up to `wait_s` for the dead attempt's processes to be gone.
+    """
+    key = str(out.resolve())
+    if key in _OWNED:  # a second run in the same process, after the first one ended or failed
+        return
+    lock = FileLock(out / RUN_LOCK)
+    owner = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    if not lock.acquire(blocking=wait_s > 0, timeout=wait_s, owner=owner):
+        holder = lock.owner() or "another process"
+        raise UsageError(f"--output-dir {out} is in use by another run ({holder}); wait for it to finish or stop "
+                         f"it, or choose another --output-dir")
+    _OWNED[key] = lock
+
+
+def release_run_dir(out: Path) -> None:
+    """Gives up the ownership taken by claim_run_dir (a no-op if this process does not own `out`)."""
+    lock = _OWNED.pop(str(Path(out).resolve()), None)
+    if lock is not None:
+        lock.release()
+
+
+def run_files(out: Path) -> List[str]:
+    """The files of `out` that hold a run: checkpoints, and records that are not empty."""
+    return [n for n in (*CHECKPOINTS, *RECORDS) if (out / n).is_file() and (out / n).stat().st_size > 0]
+
+
+def remove_orphaned_temporaries(out: Path) -> List[str]:
+    """Deletes the temporary files that killed writes of a run left in `out`; call it as the owner only."""
+    notes = []
+    for pattern in ORPHAN_PATTERNS:
+        for path in sorted(out.glob(pattern)):
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size
+                path.unlink()
+                notes.append(f"removed {path.name} ({size / 2**20:.1f} MiB), left by an interrupted write")
+    return notes
+
+
+def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int) -> Tuple[Path, List[str]]:
+    """Creates and claims the run directory, refusing to clobber an existing run or to start on a full disk.
+
+    Returns the directory and notes for the log (orphaned temporary files removed).
+    """
     out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out} is a file, not a directory; choose another --output-dir")
     try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--output-dir {out} is a file, not a directory; choose another --output-dir")
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / ".write_test", lambda f: f.write(b"ok"))
-        (out / ".write_test").unlink()
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write_test.", suffix=".tmp")  # a name of its own
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise UsageError(f"--output-dir {out} is not writable ({e.strerror or e}); choose another "
                          f"--output-dir") from None
-    restarting = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    existing = [n for n in CHECKPOINTS if (out / n).exists()]
+    restarting = elastic_restart_count() > 0
+    # Everything below reads and changes the directory: only as its owner, so no other run interleaves.
+    claim_run_dir(out, wait_s=60.0 if restarting else 0.0)
+    existing = run_files(out)
     if existing and not (args.resume or args.overwrite or restarting):
         raise UsageError(f"--output-dir {out} already holds a run ({', '.join(existing)}); pass --resume auto to "
                          f"continue it, --overwrite to start over, or choose another --output-dir")
-    if existing and args.overwrite and not args.resume:
+    resumable = (out / "last.pth").is_file()
+    if args.resume == "auto" and not resumable and existing and not (args.overwrite or restarting):
+        # Starting afresh here would wipe the records and replace best.pth with an epoch-0 model.
+        raise UsageError(f"--resume auto: --output-dir {out} holds a run ({', '.join(existing)}) but no last.pth "
+                         f"to continue from; resume from another checkpoint (--resume {out / 'best.pth'}), start "
+                         f"over with --overwrite, or choose another --output-dir")
+    if existing and args.overwrite and not (args.resume and resumable):
         (out / LOG_FILE).unlink(missing_ok=True)  # a new log; the records are rewound by the recorders
-    check_free_space(out, shutil.disk_usage(out).free, est_checkpoint_bytes)
-    return out
+    notes = remove_orphaned_temporaries(out)
+    check_free_space(out, shutil.disk_usage(out).free, est_checkpoint_bytes, replaced_checkpoint_bytes(out))
+    return out, notes
 
 
-def check_free_space(out: Path, free_bytes: int, checkpoint_bytes: int) -> None:
-    """Room for last.pth, best.pth and one temporary copy is needed, or hours of training end unsaved."""
-    need = 3 * checkpoint_bytes + (64 << 20)
+def replaced_checkpoint_bytes(out: Path) -> int:
+    """Bytes of the checkpoints in `out` that the run's own writes will replace (hard links counted once)."""
+    seen: Dict[Tuple[int, int], int] = {}
+    for name in CHECKPOINTS:
+        with contextlib.suppress(OSError):
+            st = (out / name).stat()
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def check_free_space(out: Path, free_bytes: int, checkpoint_bytes: int, existing_bytes: int = 0) -> None:
+    """Room for last.pth, best.pth and one temporary copy is needed, or hours of training end unsaved. The
+    checkpoints already there (`existing_bytes`, at most two) are replaced, so their room counts as room."""
+    need = 3 * checkpoint_bytes + (64 << 20) - min(existing_bytes, 2 * checkpoint_bytes)
     if free_bytes < need:
         raise UsageError(f"--output-dir {out}: only {free_bytes / 2**30:.2f} GiB free, checkpoints need about "
-                         f"{need / 2**30:.2f} GiB; free some space or choose another --output-dir")
+                         f"{need / 2**30:.2f} GiB more; free some space or choose another --output-dir")
 
 
 class _TqdmHandler(logging.Handler):
@@ -70,7 +149,9 @@ def setup_logging(out: Path, is_main: bool) -> logging.Logger:
     log.propagate = False
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     if is_main:
-        file_handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")
+        # backslashreplace: a path that is not valid UTF-8 (undecodable bytes in a file name) is logged, escaped,
+        # instead of a "Logging error" traceback.
+        file_handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8", errors="backslashreplace")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(file_handler)
     console = _TqdmHandler()

@@ -180,6 +180,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_class
         targets = targets.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = infer(model, images)
+        if logits.shape[1] != num_classes:  # shapes are known on the host: no sync
+            raise ValueError(f"the model outputs {logits.shape[1]} classes, but the evaluation is of {num_classes}; "
+                             f"check --num-classes against the checkpoint")
         cm.update(targets, logits_to_labels(logits, targets.shape[-2:]))
     cm.reduce_from_all_processes()
     return cm

@@ -17,12 +17,12 @@ from src import build_model
 
 from .builders import (build_datasets, build_loaders, build_model_for_training, compute_class_weights,
                        resolve_classes, wrap_model)
-from .checkpoint import Training, load_resume, resume_path
+from .checkpoint import Training, load_resume, repair_best, resume_path
 from .distributed import DistInfo, any_rank, barrier, broadcast_buffers, cleanup, init_distributed_mode
 from .lr import create_lr_scheduler, create_optimizer
 from .options import check_args, default_lr, resolve_output_dir
 from .recorders import EpochRecord, Recorder, Recorders, default_recorders
-from .run_dir import prepare_output_dir, setup_logging, write_config
+from .run_dir import prepare_output_dir, release_run_dir, setup_logging, write_config
 from .train_eval import TrainOptions, evaluate, train_one_epoch
 
 
@@ -43,9 +43,12 @@ def setup(args: argparse.Namespace) -> Tuple[DistInfo, Runtime, Path, logging.Lo
     # A checkpoint holds the weights plus one momentum buffer: about 8 bytes per parameter.
     with torch.device("meta"):
         n_params = sum(p.numel() for p in build_model(args.model, 21, args.aux).parameters())
-    out = prepare_output_dir(args, 8 * n_params) if info.is_main else Path(args.output_dir)
+    out, notes = prepare_output_dir(args, 8 * n_params) if info.is_main else (Path(args.output_dir), [])
     barrier()
-    return info, runtime, out, setup_logging(out, info.is_main)
+    log = setup_logging(out, info.is_main)
+    for note in notes:
+        log.warning(note)
+    return info, runtime, out, log
 
 
 def run_training(args: argparse.Namespace, extra_recorders: Optional[List[Recorder]] = None) -> int:
@@ -68,6 +71,8 @@ def run_training(args: argparse.Namespace, extra_recorders: Optional[List[Record
     path = resume_path(args, out)
     if path is not None:
         load_resume(training, path, log)
+        if info.is_main:
+            repair_best(out, path, training.state, log)
     recorders = Recorders(default_recorders(out, log) + list(extra_recorders or []) if info.is_main else [])
     # Entries of epochs this run will (re)do go: after a resume, those recorded after the checkpoint; for a
     # new run, all of them.
@@ -89,6 +94,7 @@ def run_training(args: argparse.Namespace, extra_recorders: Optional[List[Record
     finally:
         recorders.close()
         cleanup()
+        release_run_dir(out)
 
 
 def fit(training: Training, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
