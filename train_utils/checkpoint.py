@@ -22,6 +22,8 @@ from core.palette import Palette
 from core.platform import atomic_copy
 
 from .distributed import DistInfo, all_gather_objects, barrier
+from .early_stop import EarlyStopping
+from .freeze import BackboneFreeze
 
 
 def get_rng_state() -> Dict[str, Any]:
@@ -57,7 +59,7 @@ class RunState:
 
     next_epoch: int = 0
     next_step: int = 0  # batches of `next_epoch` already done (non-zero after a mid-epoch stop)
-    partial_loss: Tuple[float, int] = (0.0, 0)
+    partial_loss: Tuple[float, int, int] = (0.0, 0, 0)  # loss sum, steps and batches without labels so far
     best_miou: float = -math.inf
     best_epoch: int = -1
 
@@ -80,6 +82,8 @@ class Training:
     class_names: List[str]
     palette: Optional[Palette] = None
     state: RunState = field(default_factory=RunState)
+    freeze: BackboneFreeze = field(default_factory=lambda: BackboneFreeze(nn.Module()))
+    early_stop: EarlyStopping = field(default_factory=EarlyStopping)
 
     def checkpoint(self, metrics: Optional[Dict[str, Any]] = None) -> Checkpoint:
         """The checkpoint; collective (gathers every rank's RNG state), so call it on all ranks."""
@@ -93,6 +97,8 @@ class Training:
             "partial_loss": list(s.partial_loss),
             "best_miou": s.best_miou,
             "best_epoch": s.best_epoch,
+            "early_stop": self.early_stop.state_dict(),
+            "freeze_backbone": {"epochs": self.freeze.epochs, "frozen": self.freeze.frozen},
             "args": dict(vars(self.args)),
             "rng": all_gather_objects(get_rng_state()),
             "world_size": self.info.world_size,
@@ -128,9 +134,15 @@ class Training:
         elif rng:
             log.warning(f"checkpoint saved by {len(rng)} processes, resumed by {self.info.world_size}: "
                         f"random streams restart, so this run will not repeat the original bit for bit")
+        partial = tuple(training.get("partial_loss", ())) + (0.0, 0, 0)  # older files: (loss sum, steps)
         self.state = RunState(int(training["next_epoch"]), int(training["next_step"]),
-                              tuple(training.get("partial_loss", (0.0, 0))), float(training["best_miou"]),
+                              (float(partial[0]), int(partial[1]), int(partial[2])), float(training["best_miou"]),
                               int(training.get("best_epoch", -1)))
+        self.early_stop.load_state_dict(training.get("early_stop") or {})
+        saved = (training.get("freeze_backbone") or {}).get("epochs", 0)
+        if saved != self.freeze.epochs:
+            log.warning(f"the checkpoint's run had --freeze-backbone {saved}, this one {self.freeze.epochs}: "
+                        f"following the new one")
 
 
 def _reason(error: BaseException) -> str:
