@@ -151,3 +151,25 @@ def test_one_image_batches_of_tiny_crops_are_refused_with_the_reason(demo):
     with pytest.raises(UsageError, match="BatchNorm sees one value per channel"):
         check_args(args)
     check_args(train.parse_args(["--data-path", str(demo), *TINY, "--crop-size", "1", "-b", "2"]))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dice-weight", "2"], "--dice-weight weights the Dice term of --loss ce\\+dice, but --loss is ce"),
+    (["--loss", "dice", "--focal-gamma", "1"], "--focal-gamma is the exponent of --loss focal"),
+    (["--early-stop-min-delta", "0.01"], "--early-stop-min-delta needs --early-stop"),
+    (["--color-jitter", "0.4", "0.4", "0.4", "0.6"], "--color-jitter takes 4 values"),
+    (["--rotate", "270"], "--rotate must be in \\[0, 180\\]"),
+    (["--vflip", "2"], "--vflip is a probability"),
+])
+def test_recipe_flags_that_would_do_nothing_or_cannot_work_are_refused(demo, flags, message):
+    with pytest.raises(UsageError, match=message):
+        check_args(train.parse_args(["--data-path", str(demo), *TINY, *flags]))
+
+
+def test_resume_with_another_optimizer_is_refused(demo, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    save_checkpoint(Checkpoint({"w": torch.zeros(1)}, model_name="fcn_resnet50", num_classes=5,
+                               training={"args": {"optimizer": "sgd"}, "next_epoch": 1}), out / "last.pth")
+    with pytest.raises(UsageError, match="trained with --optimizer sgd, but this run has --optimizer adamw"):
+        train_here(demo, out, "--optimizer", "adamw", "--resume", "auto")
