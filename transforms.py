@@ -51,16 +51,13 @@ class Augmentation:
             if not 0 <= p <= 1:
                 raise ValueError(f"{flag} is a probability in [0, 1], got {p:g}")
 
-    def geometric(self) -> list[v2.Transform]:
-        """Steps that move pixels (applied to image and mask together), after the random resize."""
-        steps: list[v2.Transform] = []
-        if self.rotate > 0:
-            # v2 rotates a Mask with NEAREST whatever `interpolation` says, so labels are never blended.
-            steps.append(v2.RandomRotation(self.rotate, interpolation=v2.InterpolationMode.BILINEAR,
-                                           fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
-        if self.vflip > 0:
-            steps.append(v2.RandomVerticalFlip(self.vflip))
-        return steps
+    def rotation(self) -> list[v2.Transform]:
+        """The random rotation (image and mask together), if any."""
+        if self.rotate == 0:
+            return []
+        # v2 rotates a Mask with NEAREST whatever `interpolation` says, so labels are never blended.
+        return [v2.RandomRotation(self.rotate, interpolation=v2.InterpolationMode.BILINEAR,
+                                  fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX})]
 
     def photometric(self) -> list[v2.Transform]:
         """Steps that change colours only: v2 passes a Mask through them untouched."""
@@ -89,7 +86,8 @@ def _check_train_args(base_size: int, crop_size: int, hflip_prob: float, scale_r
 
 class SegmentationPresetTrain:
     """Random scale, horizontal flip and random crop, as in torchvision's segmentation reference, plus the
-    optional `augment` steps: rotation and vertical flip before the crop, colour jitter and blur after it.
+    optional `augment` steps: rotation before the scaling, vertical flip after the horizontal one, colour
+    jitter and blur after the crop (on the fewest pixels).
 
     Args:
         base_size: the short side is resized to a random int in [scale_range[0], scale_range[1]] * base_size.
@@ -105,12 +103,15 @@ class SegmentationPresetTrain:
         _check_train_args(base_size, crop_size, hflip_prob, scale_range)
         augment.check()
         min_size, max_size = int(scale_range[0] * base_size), int(scale_range[1] * base_size)
+        # Added steps draw random numbers only when enabled: the default recipe's draws stay the reference's.
+        # Rotating first, at the file's resolution, costs a fraction of rotating the image resized up to 2x.
+        steps = augment.rotation()
         # v2.RandomResize draws from [min_size, max_size); the +1 makes the upper end reachable.
-        steps = [v2.RandomResize(min_size, max_size + 1, antialias=True)]
+        steps.append(v2.RandomResize(min_size, max_size + 1, antialias=True))
         if hflip_prob > 0:
             steps.append(v2.RandomHorizontalFlip(hflip_prob))
-        # Added steps draw random numbers only when enabled: the default recipe's draws stay the reference's.
-        steps += augment.geometric()
+        if augment.vflip > 0:
+            steps.append(v2.RandomVerticalFlip(augment.vflip))
         steps.append(v2.RandomCrop(crop_size, pad_if_needed=True,
                                    fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
         steps += augment.photometric()

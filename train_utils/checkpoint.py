@@ -179,11 +179,11 @@ def load_resume(training: Training, path: Path, log: logging.Logger) -> None:
     if not ckpt.training:
         raise UsageError(f"{path}: holds weights but no training state, so it cannot be resumed; start from it "
                          f"with --weights instead of --resume")
-    saved_args = ckpt.training.get("args")
-    optimizer = saved_args.get("optimizer", "sgd") if isinstance(saved_args, dict) else args.optimizer
-    if optimizer != args.optimizer:  # the optimizer state of one cannot drive the other
-        raise UsageError(f"{path}: trained with --optimizer {optimizer}, but this run has --optimizer "
-                         f"{args.optimizer}; resume with the same optimizer, or start from it with --weights")
+    saved_args, wanted = ckpt.training.get("args"), getattr(args, "optimizer", "sgd")
+    optimizer = saved_args.get("optimizer", "sgd") if isinstance(saved_args, dict) else wanted
+    if optimizer != wanted:  # the optimizer state of one cannot drive the other
+        raise UsageError(f"{path}: trained with --optimizer {optimizer}, but this run has --optimizer {wanted}; "
+                         f"resume with the same optimizer, or start from it with --weights")
     try:
         training.restore(ckpt.training, ckpt.state_dict, log)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
