@@ -13,7 +13,7 @@ containers only: a file from elsewhere cannot run code). Format version 2 (this 
     palette          768 ints (256 RGB colours) to draw the classes with, or None (the VOC colours)
     metrics          the evaluation of the saved epoch, or None
     training         None, or what a resume needs: optimizer, lr_scheduler, scaler, next_epoch, next_step,
-                     partial_loss, best_miou, best_epoch, early_stop, args, rng, world_size
+                     partial_loss, best_miou, best_epoch, early_stop, freeze_backbone, args, rng, world_size
 
 Older files still load: version 1 is this project's checkpoints before the format had a version (the same
 keys, training state at the top level), version 0 a raw state dict (torchvision's COCO-VOC files,

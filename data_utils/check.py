@@ -76,30 +76,38 @@ def class_pixel_counts(dataset: SegmentationDataset, indices: Sequence[int], wor
 
 
 def scan_split(pairs: list[Pair], class_names: list[str], workers: int, masks_only: bool = False,
-               progress: bool = True, label_map: Optional[np.ndarray] = None) -> tuple[np.ndarray, list[str]]:
+               progress: bool = True, label_map: Optional[np.ndarray] = None,
+               unlabelled: Optional[list[str]] = None) -> tuple[np.ndarray, list[str]]:
     """Counts of each mask value over all pairs and one problem line per unreadable or invalid pair (with
-    `masks_only`, the images are not read). `label_map` (raw value -> train id) is applied to each mask."""
+    `masks_only`, the images are not read). `label_map` (raw value -> train id) is applied to each mask; the
+    mask files in which every pixel is IGNORE_INDEX are appended to `unlabelled` when it is given."""
     if not pairs:
         return np.zeros(256, dtype=np.int64), []
-    return scan_dataset(SegmentationDataset(pairs, class_names, label_map=label_map), workers, masks_only, progress)
+    return scan_dataset(SegmentationDataset(pairs, class_names, label_map=label_map), workers, masks_only, progress,
+                        unlabelled)
 
 
-def scan_dataset(dataset: SegmentationDataset, workers: int, masks_only: bool = False,
-                 progress: bool = True) -> tuple[np.ndarray, list[str]]:
+def scan_dataset(dataset: SegmentationDataset, workers: int, masks_only: bool = False, progress: bool = True,
+                 unlabelled: Optional[list[str]] = None) -> tuple[np.ndarray, list[str]]:
     """Counts of each mask value over every sample of `dataset` and one problem line per unreadable or invalid
-    sample (with `masks_only`, the images are not read)."""
+    sample (with `masks_only`, the images are not read); samples without a labelled pixel are appended to
+    `unlabelled` when it is given."""
     counts, problems = np.zeros(256, dtype=np.int64), []
     items = _ScanItems(dataset, masks_only)
     loader = DataLoader(items, batch_size=None, num_workers=workers, collate_fn=_unbatched)
-    for item_counts, problem in tqdm(loader, desc="scanning", unit="img", disable=not progress):
+    for index, (item_counts, problem) in enumerate(tqdm(loader, desc="scanning", unit="img", disable=not progress)):
         counts += item_counts
         if problem:
             problems.append(problem)
+        elif unlabelled is not None and not item_counts[:IGNORE_INDEX].any():
+            unlabelled.append(str(dataset.pairs[index][1]))
     return counts, problems
 
 
-def print_report(num_images: int, counts: np.ndarray, class_names: list[str], problems: list[str]) -> None:
-    """Prints the pixels per class, the classes that never occur and every problem."""
+def print_report(num_images: int, counts: np.ndarray, class_names: list[str], problems: list[str],
+                 unlabelled: Sequence[str] = ()) -> None:
+    """Prints the pixels per class, the classes that never occur, the masks without a labelled pixel and
+    every problem."""
     total = max(int(counts.sum()), 1)
     print(f"images scanned: {num_images} (samples with missing files are listed under problems)")
     print("pixels per class:")
@@ -109,6 +117,13 @@ def print_report(num_images: int, counts: np.ndarray, class_names: list[str], pr
           f"{100 * counts[IGNORE_INDEX] / total:6.2f}%")
     absent = [name for index, name in enumerate(class_names) if counts[index] == 0]
     print(f"classes that never occur: {', '.join(absent) if absent else 'none'}")
+    # Not a problem (an image may hold nothing to label), but such images add nothing to training: every crop
+    # of them is a batch entry without a labelled pixel.
+    print(f"images without labelled pixels (every pixel {IGNORE_INDEX}): {len(unlabelled)}")
+    for path in unlabelled[:20]:
+        print(f"  {path}")
+    if len(unlabelled) > 20:
+        print(f"  ... and {len(unlabelled) - 20} more")
     print(f"problems: {len(problems)}")
     for problem in problems:
         print(f"  {problem}")
@@ -130,11 +145,13 @@ def check_split(name: str, data_path: PathLike, split: str, workers: int,
     spec = dataset_spec(name)
     pairs, problems = spec.pairs(data_path, split)
     class_names = spec.class_names(Path(data_path))
+    unlabelled: list[str] = []
     counts, bad = np.zeros(256, dtype=np.int64), []
     if pairs:
-        counts, bad = scan_dataset(spec.dataset_of(data_path, pairs), workers, progress=progress)
+        counts, bad = scan_dataset(spec.dataset_of(data_path, pairs), workers, progress=progress,
+                                   unlabelled=unlabelled)
     problems = problems + bad
-    print_report(len(pairs), counts, class_names, problems)
+    print_report(len(pairs), counts, class_names, problems, unlabelled)
     if save_counts:
         report = {"class_names": class_names, "counts": counts[:len(class_names)].tolist(),
                   "ignored": int(counts[IGNORE_INDEX])}

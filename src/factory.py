@@ -11,8 +11,9 @@ from core.checkpoint import load_checkpoint
 from core.cli import positive_int
 from core.palette import Palette
 
-from .fcn_model import fcn_resnet50, fcn_resnet101
+from .fcn_model import FCN, fcn_resnet50, fcn_resnet101
 from .vgg_fcn import fcn8s, fcn8s_atonce, fcn16s, fcn32s
+from .weights import VGG16_CONVS
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "fcn_resnet50": fcn_resnet50,
@@ -43,6 +44,18 @@ def build_model(name: str, num_classes: int = 21, aux: Optional[bool] = None,
     if aux is None:
         aux = name in AUX_MODELS
     return MODELS[name](num_classes=num_classes, aux=aux, pretrained_backbone=pretrained_backbone)
+
+
+def backbone_modules(model: nn.Module) -> List[nn.Module]:
+    """The layers that start from ImageNet weights (what --freeze-backbone holds fixed): a ResNet FCN's
+    `backbone`; a VGG FCN's conv1_1 ... conv5_3 plus fc6 and fc7, VGG16's fully connected layers as convolutions.
+    """
+    if isinstance(model, FCN):
+        return [model.backbone]
+    names = [name for name, _, _ in VGG16_CONVS] + ["fc6", "fc7"]
+    if all(hasattr(model, name) for name in names):
+        return [getattr(model, name) for name in names]
+    raise ValueError(f"{type(model).__name__} is not one of the FCNs in MODELS: its backbone is unknown")
 
 
 def add_model_flags(parser: argparse.ArgumentParser, training: bool = False) -> None:

@@ -13,7 +13,9 @@ import torch
 import yaml
 from PIL import Image
 
-from my_dataset import VOC_PALETTE
+from core.checkpoint import Checkpoint, save_checkpoint
+from my_dataset import VOC_PALETTE, make_demo_dataset
+from src import build_model
 from train_utils import class_weights_from_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,9 +178,17 @@ def torchrun(*args, **kwargs):
 
 
 def test_torchrun_two_processes_match_single_process_validation(demo, tmp_path):
-    out = tmp_path / "ddp"
-    torchrun("--standalone", "--nproc_per_node=2", "train_multi_GPU.py", "--data-path", demo,
-             "--output-dir", out, "--epochs", "1", "--class-weights", "median", *TINY)
+    """Also with the backbone frozen for epoch 0: DDP is rebuilt at the unfreeze, and a backbone whose gradients
+    were not all-reduced would leave the ranks with different models, failing the comparison below."""
+    out, init = tmp_path / "ddp", tmp_path / "init.pth"
+    torch.manual_seed(0)
+    start = build_model("fcn_resnet50", 5, aux=True).state_dict()
+    save_checkpoint(Checkpoint(start, model_name="fcn_resnet50", num_classes=5), init)
+    torchrun("--standalone", "--nproc_per_node=2", "train_multi_GPU.py", "--data-path", demo, "--output-dir", out,
+             "--epochs", "2", "--class-weights", "median", "--weights", init, "--freeze-backbone", "1",
+             *TINY)
+    trained_weights = torch.load(out / "last.pth", weights_only=True)["model"]
+    assert not torch.equal(trained_weights["backbone.conv1.weight"], start["backbone.conv1.weight"])
     epoch = metrics_lines(out)[-1]
     # Each rank counted half of the masks; the sum must be the whole split's.
     voc = demo / "VOCdevkit" / "VOC2012"

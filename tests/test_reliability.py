@@ -104,8 +104,14 @@ def test_kill_9_while_writing_a_checkpoint(demo, tmp_path, start_training):
     assert not list(out.glob(".*.tmp")) and "left by an interrupted write" in (out / "train.log").read_text()
 
 
+# Every recipe flag away from its default; the backbone unfreezes exactly where the split run resumes.
+RECIPE = ["--optimizer", "adamw", "--freeze-backbone", "1", "--early-stop", "5", "--early-stop-min-delta", "0.001",
+          "--loss", "ce+dice", "--dice-weight", "0.5", "--color-jitter", "0.4", "0.4", "0.4", "0.1", "--rotate", "15",
+          "--vflip", "0.5", "--gaussian-blur", "0.5"]
+
+
 def test_exact_resume_at_an_epoch_boundary(demo, tmp_path):
-    common = ["--data-path", demo, "--epochs", "2", "--deterministic", "--aux", "-j", "2"]
+    common = ["--data-path", demo, "--epochs", "2", "--deterministic", "--aux", "-j", "2", *RECIPE]
     run("train.py", *common, "--output-dir", tmp_path / "straight", *TINY[:-2], "--device", "cpu")
     run("train.py", *common, "--output-dir", tmp_path / "split", "--stop-after-epochs", "1", *TINY)
     assert [m["epoch"] for m in metrics_lines(tmp_path / "split")] == [0]

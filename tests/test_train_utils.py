@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from core.checkpoint import Checkpoint, save_checkpoint
 from core.platform import append_jsonl, append_text, atomic_copy, atomic_write, nan_to_none
+from src import build_model
 from train_utils import (ConfusionMatrix, EvalBatchSampler, NonFiniteLossError, SeededDataset, TrainOptions,
-                         TrainSampler, create_lr_scheduler, evaluate, get_rng_state, set_rng_state, train_one_epoch)
+                         TrainSampler, create_lr_scheduler, evaluate, get_rng_state, normalize, set_rng_state,
+                         train_one_epoch)
+from train_utils.freeze import BackboneFreeze
 
 
 # ------------------------------------------------------------------------------------------------ samplers
@@ -334,3 +338,44 @@ def test_a_run_directory_whose_name_is_not_utf8_is_logged(tmp_path):
     for handler in log.handlers:
         handler.close()
     log.handlers.clear()
+
+
+def test_batches_without_labels_add_zero_loss_and_are_counted():
+    dataset = SameSizeImages(12)
+    for index in (1, 4, 5, 7, 8, 10):  # half the masks are all 255
+        dataset.items[index][1].fill_(255)
+    sampler = TrainSampler(len(dataset), 2, seed=0)
+    loader = DataLoader(SeededDataset(dataset), batch_size=2, sampler=sampler, drop_last=True, collate_fn=_collate)
+    torch.manual_seed(0)
+    model = TinySegNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the model stays as it is: each batch's loss is known
+    result = train_one_epoch(model, opt, loader, torch.device("cpu"), 0, create_lr_scheduler(opt, len(loader), 1),
+                             TrainOptions(num_classes=3, print_freq=2))
+    losses, empty = [], 0
+    with torch.no_grad():
+        for images, masks in loader:
+            if (masks == 255).all():
+                empty, loss = empty + 1, 0.0
+            else:
+                loss = F.cross_entropy(model(normalize(images))["out"], masks.long(), ignore_index=255).item()
+            losses.append(loss)
+    assert empty > 0 and result.empty_batches == empty
+    assert result.loss == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+
+
+def test_freeze_backbone_holds_the_pretrained_layers_only():
+    with torch.device("meta"):  # the layout is all that matters here
+        resnet, vgg = build_model("fcn_resnet50", 3), build_model("fcn8s", 3)
+    trains = lambda model: {n for n, p in model.named_parameters() if p.requires_grad}  # noqa: E731
+    freeze = BackboneFreeze(resnet, 2)
+    assert freeze.set_epoch(0) and not freeze.set_epoch(1)
+    assert trains(resnet) == {n for n, _ in resnet.named_parameters() if not n.startswith("backbone.")}
+    assert freeze.eval_modules == (resnet.backbone,)
+    assert freeze.set_epoch(2) and trains(resnet) == {n for n, _ in resnet.named_parameters()}
+    assert freeze.eval_modules == ()
+    freeze = BackboneFreeze(vgg, 1)
+    freeze.set_epoch(0)
+    assert trains(vgg) == {f"{layer}.{kind}" for layer in ("score_fr", "score_pool4", "score_pool3")
+                           for kind in ("weight", "bias")}
+    freeze.set_epoch(1)  # the fixed bilinear upsampling layers stay fixed
+    assert trains(vgg) == {n for n, _ in vgg.named_parameters() if not n.startswith("upscore")}

@@ -3,10 +3,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from my_dataset import VOCSegmentation, collate_fn
 from core.constants import IGNORE_INDEX
-from transforms import SegmentationPresetEval, SegmentationPresetTrain
+from transforms import Augmentation, SegmentationPresetEval, SegmentationPresetTrain
 
 
 def random_sample(height: int, width: int, num_values: int, seed: int, step: int = 1):
@@ -102,9 +103,11 @@ def test_train_preset_scale_range_reaches_both_ends():
     assert sizes == {5, 6, 7, 8, 9, 10}
 
 
-def test_train_preset_is_reproducible_under_seed():
+@pytest.mark.parametrize("augment", [Augmentation(), Augmentation((0.4, 0.4, 0.4, 0.1), 30, 0.5, 0.5)],
+                         ids=["reference", "every-augmentation"])
+def test_train_preset_is_reproducible_under_seed(augment):
     image, mask = random_sample(50, 60, num_values=21, seed=3)
-    preset = SegmentationPresetTrain(base_size=50, crop_size=40)
+    preset = SegmentationPresetTrain(base_size=50, crop_size=40, augment=augment)
     torch.manual_seed(123)
     first = preset(image, mask)
     torch.manual_seed(123)
@@ -118,10 +121,80 @@ def test_train_preset_is_reproducible_under_seed():
     (dict(base_size=100, crop_size=0), "--crop-size"),
     (dict(base_size=100, crop_size=50, scale_range=(2.0, 1.0)), "scale range"),
     (dict(base_size=100, crop_size=50, hflip_prob=1.5), "flip probability"),
+    (dict(augment=Augmentation(color_jitter=(0.4, 0.4, 0.4, 0.7))), "--color-jitter"),
+    (dict(augment=Augmentation(color_jitter=(0.4, -1, 0.4, 0.1))), "--color-jitter"),
+    (dict(augment=Augmentation(rotate=200)), "--rotate"),
+    (dict(augment=Augmentation(vflip=1.5)), "--vflip"),
+    (dict(augment=Augmentation(gaussian_blur=-0.1)), "--gaussian-blur"),
 ])
 def test_train_preset_rejects_bad_arguments(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
         SegmentationPresetTrain(**kwargs)
+
+
+def coordinate_sample(size: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask = y * size + x (each pixel's own coordinates, all below 255); image R = 17 x, G = 17 y (linear ramps,
+    which bilinear interpolation reproduces exactly) and B = 255 (content: it blends with the fill 0 at edges)."""
+    y, x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    image = torch.stack([17 * x, 17 * y, torch.full_like(x, 255)]).to(torch.uint8)
+    return image, (y * size + x).to(torch.uint8)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_rotation_and_flips_keep_mask_aligned_and_ignore_only_what_left_the_image(seed):
+    image, mask = coordinate_sample()
+    preset = SegmentationPresetTrain(base_size=15, crop_size=15, scale_range=(1.0, 1.0),
+                                     augment=Augmentation(rotate=45, vflip=0.5))
+    torch.manual_seed(seed)
+    out_image, out_mask = preset(image, mask)
+    r, g, b = out_image.double()
+    ignored = out_mask == IGNORE_INDEX
+    assert values(out_mask) <= values(mask) | {IGNORE_INDEX}  # nearest: no label is invented
+    # Where the image has all its content, its colour names the point it was sampled from; the mask's label is
+    # the pixel nearest to that point, so both agree to half a pixel (plus uint8 rounding of the ramps).
+    full = b >= 254
+    src_y, src_x = out_mask.long() // 15, out_mask.long() % 15
+    assert full.sum() > 100 and not ignored[full].any()
+    assert ((r / 17 - src_x)[full].abs() <= 0.55).all() and ((g / 17 - src_y)[full].abs() <= 0.55).all()
+    # 255 only where the sampled point left the image: then less than half the content remains (bilinear
+    # weight <= 0.5 along the axis it left by), and where nothing of the image is left, the mask is 255.
+    assert (b[ignored] <= 128).all() and ignored[b == 0].all()
+
+
+def test_rotation_fills_corners_with_ignore_and_zero():
+    image, mask = torch.full((3, 30, 30), 200, dtype=torch.uint8), torch.full((30, 30), 3, dtype=torch.uint8)
+    preset = SegmentationPresetTrain(base_size=30, crop_size=30, hflip_prob=0.0, scale_range=(1.0, 1.0),
+                                     augment=Augmentation(rotate=45))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        out_image, out_mask = preset(image, mask)
+        if (out_mask == IGNORE_INDEX).any():
+            break
+    corner = out_mask == IGNORE_INDEX
+    assert corner[0, 0] or corner[0, -1] or corner[-1, 0] or corner[-1, -1]
+    assert (out_image[:, corner] <= 100).all() and not corner[10:20, 10:20].any()
+    assert values(out_mask) == {3, IGNORE_INDEX}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_colour_and_blur_change_the_image_only(seed):
+    image, mask = random_sample(40, 48, num_values=21, seed=seed)
+    geometric = SegmentationPresetTrain(base_size=40, crop_size=32, augment=Augmentation(rotate=20, vflip=0.5))
+    everything = SegmentationPresetTrain(base_size=40, crop_size=32,
+                                         augment=Augmentation((0.4, 0.4, 0.4, 0.1), 20, 0.5, 1.0))
+    torch.manual_seed(seed)
+    plain_image, plain_mask = geometric(image, mask)
+    torch.manual_seed(seed)
+    out_image, out_mask = everything(image, mask)
+    # Colour steps come after the crop, so the geometry drew the same random numbers: the same mask.
+    assert torch.equal(out_mask, plain_mask) and not torch.equal(out_image, plain_image)
+    assert out_image.dtype == torch.uint8 and type(out_mask) is tv_tensors.Mask
+
+
+def test_default_augmentation_adds_no_step():
+    reference = SegmentationPresetTrain(base_size=50, crop_size=40)
+    assert [type(t) for t in reference.transforms.transforms] == [v2.RandomResize, v2.RandomHorizontalFlip,
+                                                                   v2.RandomCrop]
 
 
 def test_eval_preset_default_is_identity():

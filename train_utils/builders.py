@@ -16,12 +16,13 @@ from transforms import SegmentationPresetEval, SegmentationPresetTrain
 
 from .distributed import DistInfo, all_reduce_sum
 from .loss import class_weights_from_counts
+from .options import augmentation
 from .sampler import EvalBatchSampler, SeededDataset, TrainSampler
 
 
 def build_datasets(args: argparse.Namespace) -> Tuple[SegmentationDataset, SegmentationDataset]:
     train_tf = SegmentationPresetTrain(args.base_size, args.crop_size, scale_range=tuple(args.scale_range),
-                                       crop_width=args.crop_width)
+                                       crop_width=args.crop_width, augment=augmentation(args))
     eval_tf = SegmentationPresetEval(args.eval_size, args.eval_resize_masks)
     train_set = build_dataset(args.dataset, args.data_path, "train", train_tf)
     val_set = build_dataset(args.dataset, args.data_path, "val", eval_tf)

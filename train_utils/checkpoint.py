@@ -22,6 +22,8 @@ from core.palette import Palette
 from core.platform import atomic_copy
 
 from .distributed import DistInfo, all_gather_objects, barrier, elastic_restart_count
+from .early_stop import EarlyStopping
+from .freeze import BackboneFreeze
 
 
 def get_rng_state() -> Dict[str, Any]:
@@ -57,7 +59,7 @@ class RunState:
 
     next_epoch: int = 0
     next_step: int = 0  # batches of `next_epoch` already done (non-zero after a mid-epoch stop)
-    partial_loss: Tuple[float, int] = (0.0, 0)
+    partial_loss: Tuple[float, int, int] = (0.0, 0, 0)  # loss sum, steps and batches without labels so far
     best_miou: float = -math.inf
     best_epoch: int = -1
 
@@ -80,6 +82,8 @@ class Training:
     class_names: List[str]
     palette: Optional[Palette] = None
     state: RunState = field(default_factory=RunState)
+    freeze: BackboneFreeze = field(default_factory=lambda: BackboneFreeze(nn.Module()))
+    early_stop: EarlyStopping = field(default_factory=EarlyStopping)
 
     def checkpoint(self, metrics: Optional[Dict[str, Any]] = None) -> Checkpoint:
         """The checkpoint; collective (gathers every rank's RNG state), so call it on all ranks."""
@@ -93,6 +97,8 @@ class Training:
             "partial_loss": list(s.partial_loss),
             "best_miou": s.best_miou,
             "best_epoch": s.best_epoch,
+            "early_stop": self.early_stop.state_dict(),
+            "freeze_backbone": {"epochs": self.freeze.epochs, "frozen": self.freeze.frozen},
             "args": dict(vars(self.args)),
             "rng": all_gather_objects(get_rng_state()),
             "world_size": self.info.world_size,
@@ -129,6 +135,11 @@ class Training:
             log.warning(f"checkpoint saved by {len(rng)} processes, resumed by {self.info.world_size}: "
                         f"random streams restart, so this run will not repeat the original bit for bit")
         self.state = run_state(training)
+        self.early_stop.load_state_dict(training.get("early_stop") or {})
+        saved = (training.get("freeze_backbone") or {}).get("epochs", 0)
+        if saved != self.freeze.epochs:
+            log.warning(f"the checkpoint's run had --freeze-backbone {saved}, this one {self.freeze.epochs}: "
+                        f"following the new one")
 
 
 def _field(training: Dict[str, Any], key: str, kinds: Tuple[type, ...], low: float, default: Any = None) -> Any:
@@ -141,13 +152,16 @@ def _field(training: Dict[str, Any], key: str, kinds: Tuple[type, ...], low: flo
 
 
 def run_state(training: Dict[str, Any]) -> RunState:
-    """The RunState a checkpoint's training dict records, each field checked for type and range."""
-    partial = training.get("partial_loss", (0.0, 0))
-    if (not isinstance(partial, (list, tuple)) or len(partial) != 2 or type(partial[0]) not in (int, float)
-            or type(partial[1]) is not int):
-        raise ValueError(f"training field 'partial_loss' is {shown(partial)}, expected [loss sum, steps]")
+    """The RunState a checkpoint's training dict records, each field checked for type and range. partial_loss
+    is (loss sum, steps, empty batches); files written before empty batches were counted hold two values."""
+    partial = training.get("partial_loss", (0.0, 0, 0))
+    if (not isinstance(partial, (list, tuple)) or len(partial) not in (2, 3) or type(partial[0]) not in (int, float)
+            or not all(type(v) is int for v in partial[1:])):
+        raise ValueError(f"training field 'partial_loss' is {shown(partial)}, expected [loss sum, steps, empty "
+                         f"batches]")
+    partial = (float(partial[0]), *partial[1:], 0)[:3]
     return RunState(_field(training, "next_epoch", (int,), 0), _field(training, "next_step", (int,), 0),
-                    (float(partial[0]), partial[1]), float(_field(training, "best_miou", (int, float), -math.inf)),
+                    partial, float(_field(training, "best_miou", (int, float), -math.inf)),
                     _field(training, "best_epoch", (int,), -1, -1))
 
 
@@ -192,6 +206,11 @@ def load_resume(training: Training, path: Path, log: logging.Logger) -> None:
     if not ckpt.training:
         raise UsageError(f"{path}: holds weights but no training state, so it cannot be resumed; start from it "
                          f"with --weights instead of --resume")
+    saved_args, wanted = ckpt.training.get("args"), getattr(args, "optimizer", "sgd")
+    optimizer = saved_args.get("optimizer", "sgd") if isinstance(saved_args, dict) else wanted
+    if optimizer != wanted:  # the optimizer state of one cannot drive the other
+        raise UsageError(f"{path}: trained with --optimizer {optimizer}, but this run has --optimizer {wanted}; "
+                         f"resume with the same optimizer, or start from it with --weights")
     try:
         training.restore(ckpt.training, ckpt.state_dict, log)
     except (KeyError, IndexError, AttributeError, RuntimeError, ValueError, TypeError) as e:

@@ -1,5 +1,5 @@
-"""Optimizer parameter groups and the per-iteration warm-up + poly learning-rate schedule."""
-from typing import Dict, List
+"""Optimizers (SGD, AdamW), their parameter groups and the per-iteration warm-up + poly learning-rate schedule."""
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -32,12 +32,28 @@ def get_params_groups(model: nn.Module, lr: float, weight_decay: float) -> List[
     return [g for g in groups if g["params"]]
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def create_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4,
-                     fused: bool = False) -> torch.optim.SGD:
-    """SGD with momentum over `get_params_groups`; `fused` uses the single-kernel CUDA implementation."""
+                     fused: bool = False, name: str = "sgd",
+                     betas: Tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """SGD with momentum (the reference) or AdamW over `get_params_groups`.
+
+    Args:
+        momentum: SGD only.
+        weight_decay: L2 penalty for SGD; decoupled decay for AdamW (its groups keep the same exceptions).
+        fused: the single-kernel CUDA implementation (otherwise the multi-tensor one).
+        name: "sgd" or "adamw".
+        betas: AdamW's moment decay rates.
+    """
     groups = get_params_groups(model, lr, weight_decay)
     kwargs = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, **kwargs)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, **kwargs)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **kwargs)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 class WarmupPoly:

@@ -6,9 +6,17 @@ from core.cli import (ArgumentParser, HelpFormatter, UsageError, add_config_flag
                       non_negative_int, positive_float, positive_int, seed)
 from core.runtime import add_runtime_flags
 from data_utils import DATASETS
-from src import add_model_flags
+from src import AUX_MODELS, add_model_flags
+from transforms import Augmentation
+
+from .loss import LOSSES, LossConfig
+from .lr import OPTIMIZERS
+
 # The reference recipe: lr 0.02 for a global batch of 32 (4 images x 8 GPUs); scaled linearly otherwise.
 REFERENCE_LR, REFERENCE_BATCH = 0.02, 32
+# AdamW's step size does not grow with the batch the way SGD's does: one rate, the usual one for fine-tuning.
+ADAMW_LR = 1e-4
+WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 1e-2}
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -43,10 +51,12 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
     p("--epochs", type=positive_int, default=30, help="number of epochs")
     p("-b", "--batch-size", type=positive_int, default=4, help="images per process and step")
     p("--lr", type=positive_float, default=None,
-      help=f"initial learning rate (default: {REFERENCE_LR} x global batch / {REFERENCE_BATCH}, the reference "
-           f"recipe scaled linearly); use about 1e-4 to fine-tune from COCO-VOC weights")
+      help=f"initial learning rate (default for sgd: {REFERENCE_LR} x global batch / {REFERENCE_BATCH}, the "
+           f"reference recipe scaled linearly; for adamw: {ADAMW_LR:g}); use about 1e-4 to fine-tune from "
+           f"COCO-VOC weights")
     p("--momentum", type=non_negative_float, default=0.9, help="SGD momentum")
-    p("--wd", "--weight-decay", dest="weight_decay", type=non_negative_float, default=1e-4, help="weight decay")
+    p("--wd", "--weight-decay", dest="weight_decay", type=non_negative_float, default=None,
+      help="weight decay (default: " + ", ".join(f"{v:g} for {k}" for k, v in WEIGHT_DECAY.items()) + ")")
     p("--warmup-epochs", type=non_negative_int, default=1, help="epochs of linear learning-rate warm-up (0: none)")
     p("--clip-grad-norm", type=positive_float, default=None, help="clip the gradient norm to this value")
     p("--base-size", type=positive_int, default=520, help="training short side before random scaling")
@@ -57,6 +67,7 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
       help="random scale range of the training short side, relative to --base-size")
     p("--deterministic", action=argparse.BooleanOptionalAction, default=False,
       help="deterministic algorithms, for bit-exact reruns (slower on GPU)")
+    add_recipe_flags(parser)
     if multi_gpu:
         p("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
           help="synchronise BatchNorm statistics across processes")
@@ -79,6 +90,80 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
     return parser
 
 
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """Optimizer, loss, backbone freezing, early stopping and augmentation beyond the reference recipe."""
+    g = parser.add_argument_group("recipe (the defaults are the reference recipe)")
+    g.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS,
+                   help="sgd: SGD with momentum (the reference); adamw: torch's AdamW (fused on CUDA); both keep "
+                        "the parameter groups and the warm-up + poly schedule")
+    g.add_argument("--betas", type=non_negative_float, nargs=2, default=[0.9, 0.999], metavar=("B1", "B2"),
+                   help="AdamW's moment decay rates")
+    g.add_argument("--loss", default="ce", choices=tuple(LOSSES),
+                   help="ce: cross-entropy; focal: focal loss; dice: soft Dice over the batch; ce+dice: their sum "
+                        "(all ignore 255; the aux head gets the same loss times --aux-weight)")
+    g.add_argument("--dice-weight", type=non_negative_float, default=None,
+                   help="weight of the Dice term with --loss ce+dice (default: 1)")
+    g.add_argument("--focal-gamma", type=non_negative_float, default=None,
+                   help="focusing exponent with --loss focal (default: 2; 0 is cross-entropy)")
+    g.add_argument("--freeze-backbone", type=non_negative_int, default=0, metavar="N",
+                   help="keep the pretrained backbone fixed (no gradients, BatchNorm statistics kept) for the first "
+                        "N epochs while the heads learn, then train it at the scheduled lr")
+    g.add_argument("--early-stop", type=positive_int, default=None, metavar="PATIENCE",
+                   help="stop when mIoU has not improved for PATIENCE evaluations in a row (best.pth keeps the "
+                        "best epoch)")
+    g.add_argument("--early-stop-min-delta", type=non_negative_float, default=None, metavar="D",
+                   help="with --early-stop, an improvement must exceed D, in mIoU as a fraction as in "
+                        "metrics.jsonl (0.005 = half a point; default: 0)")
+    g.add_argument("--color-jitter", type=non_negative_float, nargs=4, default=[0.0, 0.0, 0.0, 0.0],
+                   metavar=("B", "C", "S", "H"),
+                   help="random brightness, contrast, saturation and hue (e.g. 0.4 0.4 0.4 0.1; 0 0 0 0: off)")
+    g.add_argument("--rotate", type=non_negative_float, default=0.0, metavar="DEG",
+                   help="random rotation in [-DEG, DEG] degrees (mask nearest, corners ignored as 255; 0: off)")
+    g.add_argument("--vflip", type=non_negative_float, default=0.0, metavar="P", help="vertical flip probability")
+    g.add_argument("--gaussian-blur", type=non_negative_float, default=0.0, metavar="P",
+                   help="probability of a Gaussian blur (sigma in [0.1, 2])")
+
+
+def augmentation(args: argparse.Namespace) -> Augmentation:
+    return Augmentation(tuple(args.color_jitter), args.rotate, args.vflip, args.gaussian_blur)
+
+
+def loss_config(args: argparse.Namespace) -> LossConfig:
+    given = {"dice_weight": args.dice_weight, "focal_gamma": args.focal_gamma}
+    return LossConfig(args.loss, **{k: v for k, v in given.items() if v is not None})
+
+
+def check_recipe(args: argparse.Namespace) -> None:
+    """Rejects recipe flags that would do nothing or cannot work."""
+    if args.dice_weight is not None and args.loss != "ce+dice":
+        raise UsageError(f"--dice-weight weights the Dice term of --loss ce+dice, but --loss is {args.loss}")
+    if args.focal_gamma is not None and args.loss != "focal":
+        raise UsageError(f"--focal-gamma is the exponent of --loss focal, but --loss is {args.loss}")
+    if args.early_stop_min_delta is not None and args.early_stop is None:
+        raise UsageError("--early-stop-min-delta needs --early-stop PATIENCE")
+    try:
+        augmentation(args).check()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    # At output stride 8 a crop of 8 pixels or less is a 1x1 feature map: with one image per batch,
+    # BatchNorm would see a single value per channel and cannot normalise it.
+    if args.batch_size == 1 and args.crop_size <= 8 and args.model in AUX_MODELS:
+        raise UsageError(f"-b 1 with --crop-size {args.crop_size}: {args.model}'s 1/8-resolution features are "
+                         f"1x1, so BatchNorm sees one value per channel; use --crop-size 9 or more, or -b 2")
+
+
+def resolve_recipe(args: argparse.Namespace) -> None:
+    """Fills in the recipe defaults that depend on other flags, so that config.yaml shows the values used."""
+    if args.weight_decay is None:
+        args.weight_decay = WEIGHT_DECAY[args.optimizer]
+    if args.loss == "ce+dice" and args.dice_weight is None:
+        args.dice_weight = LossConfig().dice_weight
+    if args.loss == "focal" and args.focal_gamma is None:
+        args.focal_gamma = LossConfig().focal_gamma
+    if args.early_stop is not None and args.early_stop_min_delta is None:
+        args.early_stop_min_delta = 0.0
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Rejects combinations of flags that cannot work, before any data or model is loaded."""
     lo, hi = args.scale_range
@@ -91,9 +176,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--eval-resize-masks needs --eval-size")
     if args.resume and args.weights:
         raise UsageError("--resume and --weights together: --resume restores the weights already; drop --weights")
+    check_recipe(args)
 
 
-def default_lr(batch_size: int, world_size: int) -> float:
+def default_lr(batch_size: int, world_size: int, optimizer: str = "sgd") -> float:
+    if optimizer == "adamw":
+        return ADAMW_LR
     return REFERENCE_LR * batch_size * world_size / REFERENCE_BATCH
 
 

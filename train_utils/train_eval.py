@@ -3,17 +3,17 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from core.constants import IMAGENET_MEAN, IMAGENET_STD
+from core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from core.runtime import autocast
-from .distributed import any_rank, get_world_size, is_main_process
-from .loss import check_target, criterion
+from .distributed import all_reduce_sum, any_rank, get_world_size, is_main_process
+from .loss import LossConfig, check_target, criterion
 from .metrics import ConfusionMatrix
 from .recorders import StepRecord
 
@@ -57,6 +57,8 @@ class TrainOptions:
     channels_last: bool = False
     print_freq: int = 10
     should_stop: Callable[[], bool] = field(default=lambda: False)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval_modules: Sequence[nn.Module] = ()  # kept in eval mode while training (a frozen backbone's BatchNorm)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class EpochResult:
     interrupted: bool = False
     loss_sum: float = 0.0  # over the whole epoch so far, resumed part included
     total_steps: int = 0
+    empty_batches: int = 0  # batches without a labelled pixel, all processes, resumed part included
 
 
 def _nonfinite_error(epoch: int, step: int) -> NonFiniteLossError:
@@ -81,27 +84,33 @@ def _nonfinite_error(epoch: int, step: int) -> NonFiniteLossError:
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable,
                     device: torch.device, epoch: int, lr_scheduler, opts: TrainOptions,
-                    start_step: int = 0, prior: Tuple[float, int] = (0.0, 0),
+                    start_step: int = 0, prior: Tuple = (0.0, 0, 0),
                     on_step: Callable[[StepRecord], None] = lambda record: None) -> EpochResult:
     """One pass over `loader` (which may start at `start_step` when resuming mid-epoch).
 
-    `prior` is (loss sum, steps) of the part of this epoch done before an interruption, so that the
-    epoch's mean loss after a resume is the same as without one. `on_step` receives a StepRecord at every
-    print interval (the recorders of the run).
+    `prior` is (loss sum, steps[, batches without labels]) of the part of this epoch done before an
+    interruption, so that the epoch's numbers after a resume are the same as without one. `on_step` receives
+    a StepRecord at every print interval (the recorders of the run).
+
+    A batch in which every pixel is 255 adds zero loss (and no gradient); such batches are counted and the
+    count returned, summed over all processes.
 
     The loss stays on the device: the host reads it (a sync) only every `print_freq` iterations, where it
     also checks for NaN/inf (the first bad iteration is recorded on the device) and for a stop request.
     """
     model.train()
+    for module in opts.eval_modules:
+        module.eval()
     total = len(loader) + start_step
     bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch}", unit="img", dynamic_ncols=True,
                unit_scale=loader.batch_size * get_world_size(), disable=not is_main_process(), leave=False)
     loss_sum = torch.zeros((), device=device)
     bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-    prior_loss_sum, prior_steps = prior
-    steps, interrupted, mean_loss, t0 = 0, False, math.nan, time.perf_counter()
+    prior_loss_sum, prior_steps, prior_empty = (tuple(prior) + (0,))[:3]
+    steps, empty, interrupted, mean_loss, t0 = 0, 0, False, math.nan, time.perf_counter()
     for step, (images, targets) in enumerate(loader, start=start_step):
         check_target(targets, opts.num_classes)  # CPU batch: no device sync
+        empty += int(not bool((targets != IGNORE_INDEX).any()))  # the CPU batch again: still no sync
         images = prepare_images(images, device, opts.channels_last)
         targets = targets.to(device, non_blocking=True)
         loss = train_step(model, optimizer, images, targets, device, opts)
@@ -119,7 +128,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
                 raise _nonfinite_error(epoch, first_bad)
             mean_loss = (loss_sum.item() + prior_loss_sum) / (steps + prior_steps)
             lr = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", **({"unlabelled": empty} if empty else {}))
             rate = steps * loader.batch_size * get_world_size() / max(time.perf_counter() - t0, 1e-9)
             on_step(StepRecord(epoch, step + 1, total, mean_loss, lr, rate))
             if stop and not last:
@@ -128,8 +137,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
     bar.close()
     elapsed = time.perf_counter() - t0
     images_seen = steps * loader.batch_size * get_world_size()
+    empty = int(all_reduce_sum(torch.tensor(empty, device=device)).item()) + prior_empty
     return EpochResult(mean_loss, optimizer.param_groups[0]["lr"], steps, images_seen / max(elapsed, 1e-9),
-                       interrupted, loss_sum.item() + prior_loss_sum, steps + prior_steps)
+                       interrupted, loss_sum.item() + prior_loss_sum, steps + prior_steps, empty)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
@@ -138,7 +148,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     without reading it, so nothing waits for the device."""
     with autocast(device, opts.amp_dtype):
         outputs = model(images)
-    loss = criterion(outputs, targets, opts.aux_weight, class_weights=opts.class_weights, validate=False)
+    loss = criterion(outputs, targets, opts.aux_weight, class_weights=opts.class_weights, validate=False,
+                     loss=opts.loss)
     optimizer.zero_grad(set_to_none=True)
     scaler = opts.scaler
     if scaler is not None and scaler.is_enabled():

@@ -5,7 +5,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -19,8 +19,10 @@ from .builders import (build_datasets, build_loaders, build_model_for_training, 
                        resolve_classes, wrap_model)
 from .checkpoint import Training, load_resume, repair_best, resume_path
 from .distributed import DistInfo, any_rank, barrier, broadcast_buffers, cleanup, init_distributed_mode
+from .early_stop import EarlyStopping
+from .freeze import BackboneFreeze
 from .lr import create_lr_scheduler, create_optimizer
-from .options import check_args, default_lr, resolve_output_dir
+from .options import check_args, default_lr, loss_config, resolve_output_dir, resolve_recipe
 from .recorders import EpochRecord, Recorder, Recorders, default_recorders
 from .run_dir import prepare_output_dir, release_run_dir, setup_logging, write_config
 from .train_eval import TrainOptions, evaluate, train_one_epoch
@@ -33,7 +35,8 @@ def setup(args: argparse.Namespace) -> Tuple[DistInfo, Runtime, Path, logging.Lo
     args.device, args.channels_last = str(runtime.device), runtime.channels_last
     args.output_dir = resolve_output_dir(args)
     if args.lr is None:
-        args.lr = default_lr(args.batch_size, info.world_size)
+        args.lr = default_lr(args.batch_size, info.world_size, args.optimizer)
+    resolve_recipe(args)
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -62,12 +65,15 @@ def run_training(args: argparse.Namespace, extra_recorders: Optional[List[Record
     class_names = resolve_classes(args, train_set)
     train_loader, val_loader = build_loaders(args, info, runtime, train_set, val_set)
     model = build_model_for_training(args, info, runtime, log)
+    # The optimizer gets every trainable parameter, the backbone's too: freezing only withholds gradients.
     optimizer = create_optimizer(model, args.lr, args.momentum, args.weight_decay,
-                                 fused=runtime.device.type == "cuda")
+                                 fused=runtime.device.type == "cuda", name=args.optimizer, betas=args.betas)
     scheduler = create_lr_scheduler(optimizer, len(train_loader), args.epochs, warmup=args.warmup_epochs > 0,
                                     warmup_epochs=max(args.warmup_epochs, 1))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
-    training = Training(args, info, model, optimizer, scheduler, scaler, class_names, train_set.palette)
+    training = Training(args, info, model, optimizer, scheduler, scaler, class_names, train_set.palette,
+                        freeze=BackboneFreeze(model, args.freeze_backbone),
+                        early_stop=EarlyStopping(args.early_stop, args.early_stop_min_delta or 0.0))
     path = resume_path(args, out)
     if path is not None:
         load_resume(training, path, log)
@@ -85,29 +91,41 @@ def run_training(args: argparse.Namespace, extra_recorders: Optional[List[Record
              f"lr {args.lr:g}")
     weights = compute_class_weights(args, train_set, info, runtime, log)
     opts = TrainOptions(args.num_classes, args.aux_weight, weights, runtime.amp_dtype, scaler, args.clip_grad_norm,
-                        runtime.channels_last, args.print_freq)
+                        runtime.channels_last, args.print_freq, loss=loss_config(args))
     try:
         with StopRequest() as stop:
             opts.should_stop = stop
-            return fit(training, wrap_model(model, info, runtime, log), train_loader, val_loader, opts, out, log,
-                       stop, recorders)
+            return fit(training, lambda: wrap_model(model, info, runtime, log), train_loader, val_loader, opts, out,
+                       log, stop, recorders)
     finally:
         recorders.close()
         cleanup()
         release_run_dir(out)
 
 
-def fit(training: Training, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
+def fit(training: Training, wrap: Callable[[], nn.Module], train_loader: DataLoader, val_loader: DataLoader,
         opts: TrainOptions, out: Path, log: logging.Logger, stop: StopRequest, recorders: Recorder) -> int:
+    """The epoch loop; `wrap` returns the model to train (DDP, compiled), made anew whenever the set of
+    trained parameters changes."""
     args, info, s = training.args, training.info, training.state
-    first_epoch = s.next_epoch
+    if training.early_stop.should_stop:
+        log.info(f"this run stopped early ({training.early_stop.reason()}): nothing to do; a larger --early-stop "
+                 f"continues it")
+        return 0
+    first_epoch, model = s.next_epoch, None
     for epoch in range(s.next_epoch, args.epochs):
+        # DDP reduces only the parameters that trained when it was made: a new phase needs a new wrapper.
+        if training.freeze.set_epoch(epoch) or model is None:
+            model, opts.eval_modules = wrap(), training.freeze.eval_modules
+            if training.freeze.epochs:
+                log.info(training.freeze.describe(epoch))
         start = time.perf_counter()
         train_loader.sampler.set_epoch(epoch, s.next_step)
         result = train_one_epoch(model, training.optimizer, train_loader, info.device, epoch,
                                  training.lr_scheduler, opts, s.next_step, s.partial_loss, recorders.on_step)
         if result.interrupted:
-            s.next_step, s.partial_loss = s.next_step + result.steps, (result.loss_sum, result.total_steps)
+            s.next_step = s.next_step + result.steps
+            s.partial_loss = (result.loss_sum, result.total_steps, result.empty_batches)
             training.save(out, ["last.pth"])
             return stopped(stop, f"at epoch {epoch}, iteration {s.next_step}", out, log)
         cm = None
@@ -115,15 +133,10 @@ def fit(training: Training, model: nn.Module, train_loader: DataLoader, val_load
             broadcast_buffers(training.model)
             cm = evaluate(model, val_loader, info.device, args.num_classes, training.class_names, opts.amp_dtype,
                           opts.channels_last, desc=f"eval {epoch}")
-        s.next_epoch, s.next_step, s.partial_loss = epoch + 1, 0, (0.0, 0)
         record = EpochRecord(epoch, result.loss, result.lr, result.images_per_s, time.perf_counter() - start,
                              len(train_loader), cm, cm.metrics() if cm is not None else None)
-        recorders.on_epoch(record)
-        names = ["last.pth"]
-        if record.metrics is not None and record.metrics["mean_iou"] > s.best_miou:
-            s.best_miou, s.best_epoch = record.metrics["mean_iou"], epoch
-            names.append("best.pth")
-        training.save(out, names, metrics=record.as_dict())
+        if finish_epoch(training, record, result.empty_batches, recorders, out, log):
+            return 0
         if any_rank([stop()], info.device)[0]:
             return stopped(stop, f"after epoch {epoch}", out, log)
         if args.stop_after_epochs and epoch + 1 - first_epoch >= args.stop_after_epochs and epoch + 1 < args.epochs:
@@ -132,6 +145,34 @@ def fit(training: Training, model: nn.Module, train_loader: DataLoader, val_load
             return 0
     log.info(f"done: best mIoU {s.best_miou * 100:.1f} at epoch {s.best_epoch}; checkpoints in {out}")
     return 0
+
+
+def finish_epoch(training: Training, record: EpochRecord, empty_batches: int, recorders: Recorder, out: Path,
+                 log: logging.Logger) -> bool:
+    """Records a completed epoch, saves last.pth (and best.pth when mIoU improved); True when early stopping
+    ends the run here."""
+    s, early, epoch = training.state, training.early_stop, record.epoch
+    s.next_epoch, s.next_step, s.partial_loss = epoch + 1, 0, (0.0, 0, 0)
+    record.extra["empty_batches"] = empty_batches
+    if empty_batches:
+        log.warning(f"epoch {epoch}: {empty_batches} of {record.steps_per_epoch * training.info.world_size} "
+                    f"batches had no labelled pixel (all 255) and added zero loss; `python my_dataset.py check` "
+                    f"lists images without labels, and a larger --crop-size makes such crops rarer")
+    stop_early = record.metrics is not None and early.update(record.metrics["mean_iou"], epoch)
+    if early.patience is not None:
+        record.extra["evals_without_improvement"] = early.bad_evals
+    if stop_early:
+        record.extra["stopped"] = f"early stop: {early.reason()}"
+    recorders.on_epoch(record)
+    names = ["last.pth"]
+    if record.metrics is not None and record.metrics["mean_iou"] > s.best_miou:
+        s.best_miou, s.best_epoch = record.metrics["mean_iou"], epoch
+        names.append("best.pth")
+    training.save(out, names, metrics=record.as_dict())
+    if stop_early:
+        log.info(f"early stop after epoch {epoch}: {early.reason()}; best.pth holds epoch {s.best_epoch} (mIoU "
+                 f"{s.best_miou * 100:.1f})")
+    return stop_early
 
 
 def stopped(stop: StopRequest, where: str, out: Path, log: logging.Logger) -> int:
