@@ -140,6 +140,7 @@ class Training:
         if saved != self.freeze.epochs:
             log.warning(f"the checkpoint's run had --freeze-backbone {saved}, this one {self.freeze.epochs}: "
                         f"following the new one")
+        self.freeze.set_epoch(self.state.next_epoch)  # the phase of the epoch the run continues with
 
 
 def _field(training: Dict[str, Any], key: str, kinds: Tuple[type, ...], low: float, default: Any = None) -> Any:
