@@ -95,6 +95,9 @@ def comparison(results: Dict[str, ConfusionMatrix], class_names: List[str]) -> s
 
 
 def main(args: argparse.Namespace) -> int:
+    save_dir = Path(args.save_dir) if args.save_dir else None
+    if save_dir is not None:  # before any work: a missing matplotlib or an unwritable folder is one line
+        prepare_save_dir(save_dir)
     info = init_distributed_mode(args.device)
     runtime = resolve_runtime(args, device=info.device)
     loaded, model = load_inference_model(args, runtime)
@@ -103,9 +106,6 @@ def main(args: argparse.Namespace) -> int:
     sampler = EvalBatchSampler(dataset.image_sizes(), args.batch_size, info.rank, info.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, collate_fn=collate_fn,
                         pin_memory=runtime.device.type == "cuda")
-    save_dir = Path(args.save_dir) if args.save_dir else None
-    if save_dir is not None:
-        prepare_save_dir(save_dir)
     # The pictures come from the last mode evaluated: the one predict.py runs with the same flags.
     pics = ValidationPictures(save_dir, [p[0].stem for p in dataset.pairs], sampler.batches, loaded.num_classes,
                               loaded.palette or dataset.palette) if save_dir is not None or args.worst else None

@@ -134,7 +134,7 @@ def per_class_iou_figure(runs: Sequence[RunHistory], labels: Optional[Sequence[s
         count = max((len(e["iou"]) for e in evaluated), default=0)
         for c in range(count):
             ys = [math.nan if c >= len(e["iou"]) or e["iou"][c] is None else e["iou"][c] * 100 for e in evaluated]
-            ax.plot(_epoch_x(evaluated), ys, "o-", markersize=3, color=f"C{c % 10}",
+            ax.plot(_epoch_x(evaluated), ys, marker="o", markersize=3, color=f"C{c % 10}",
                     linestyle="-" if c < 10 else "--", label=class_name(run.class_names, c))
         ax.set_title(f"Per-class IoU: {label}")
         ax.set_xlim(left=0)
