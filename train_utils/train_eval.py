@@ -156,7 +156,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     return loss
 
 
-def eval_criterion(opts: TrainOptions) -> Callable[[Dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+Criterion = Callable[[Dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def eval_criterion(opts: TrainOptions) -> Criterion:
     """The training loss as evaluation computes it: the same ignore label and class weights, on the main
     head's logits only (the aux head only regularises training)."""
     return functools.partial(criterion, class_weights=opts.class_weights, validate=False)
@@ -165,10 +169,6 @@ def eval_criterion(opts: TrainOptions) -> Callable[[Dict[str, torch.Tensor], tor
 def whole_image(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Logits of the whole image in one forward pass (the default inference mode)."""
     return model(images)["out"]
-
-
-Criterion = Callable[[Dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
-BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass

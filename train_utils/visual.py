@@ -135,7 +135,7 @@ class VisSamples:
     def predictions(self, epoch: int) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(image (H, W, 3), ground truth (H, W), prediction (H, W)) uint8 arrays at the mask's size."""
         if self.cache[0] != epoch:
-            self.cache = (epoch, [self._predict(image, mask) for image, mask in self._load()])
+            self.cache = (epoch, self._predict_all())
         return self.cache[1]
 
     def _load(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
@@ -144,18 +144,31 @@ class VisSamples:
         return self.samples
 
     @torch.inference_mode()
-    def _predict(self, image: torch.Tensor, mask: torch.Tensor) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        was_training = self.model.training
+    def _predict_all(self) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        samples, was_training = self._load(), self.model.training
         self.model.eval()
-        x = prepare_images(image[None], self.runtime.device, self.runtime.channels_last)
-        with autocast(self.runtime.device, self.runtime.amp_dtype):
-            logits = self.model(x)["out"]
-        pred = resize_logits(logits, tuple(mask.shape)).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        by_size: Dict[Tuple[int, ...], List[int]] = {}
+        for k, (image, _) in enumerate(samples):  # one forward per image size, not per image
+            by_size.setdefault(tuple(image.shape), []).append(k)
+        preds: Dict[int, np.ndarray] = {}
+        for group in by_size.values():
+            x = prepare_images(torch.stack([samples[k][0] for k in group]), self.runtime.device,
+                               self.runtime.channels_last)
+            with autocast(self.runtime.device, self.runtime.amp_dtype):
+                logits = self.model(x)["out"]
+            for k, logit in zip(group, logits):
+                size = tuple(samples[k][1].shape)
+                preds[k] = resize_logits(logit[None], size).argmax(1)[0].to(torch.uint8).cpu().numpy()
         self.model.train(was_training)
-        shown = image if tuple(image.shape[1:]) == tuple(mask.shape) else \
-            F.interpolate(image[None].float(), size=tuple(mask.shape), mode="bilinear",
-                                            antialias=True, align_corners=False)[0].round().clamp(0, 255).byte()
-        return shown.permute(1, 2, 0).numpy(), mask.numpy(), pred
+        return [(_shown(image, tuple(mask.shape)), mask.numpy(), preds[k]) for k, (image, mask) in enumerate(samples)]
+
+
+def _shown(image: torch.Tensor, size: Tuple[int, int]) -> np.ndarray:
+    """The (3, h, w) uint8 input as an (H, W, 3) picture at the mask's size (resized under --eval-size)."""
+    if tuple(image.shape[1:]) != size:
+        image = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
+                              align_corners=False)[0].round().clamp(0, 255).byte()
+    return image.permute(1, 2, 0).numpy()
 
 
 class VisRecorder(Recorder):
