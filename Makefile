@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   generate the demo dataset, train an FCN on it, evaluate and predict (offline, CPU or GPU)
+#   make demo   generate the demo dataset, train an FCN on it, evaluate and predict, draw the pictures
+#               (offline, CPU or GPU; installs matplotlib for the pictures)
 #   make test   run the test suite (what CI runs)
 # The virtual environment is created on first use. Overrides: PYTHON (interpreter that creates it),
 # VENV (its location), PYTEST_ARGS (extra pytest arguments), DEMO_ARGS (extra tools/demo.py arguments).
@@ -8,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: setup setup-test test demo clean
+.PHONY: setup setup-demo setup-test test demo clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,18 +18,24 @@ $(VENV)/.runtime: requirements.txt | $(VENV)/bin/python
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt
 	touch $@
 
+$(VENV)/.demo: requirements-demo.txt $(VENV)/.runtime
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements-demo.txt
+	touch $@
+
 $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements-test.txt
 	touch $@
 
 setup: $(VENV)/.runtime
 
+setup-demo: $(VENV)/.demo
+
 setup-test: $(VENV)/.test
 
 test: setup-test
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-demo: setup
+demo: setup-demo
 	$(PY) tools/demo.py $(DEMO_ARGS)
 
 clean:

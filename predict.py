@@ -6,7 +6,7 @@
     python predict.py --weights best.pth --image aerial.tif --mode slide --window 512 --stride 341
 
 Each mask is a VOC-palette PNG of class indices at the image's original size. --overlay also writes the
-photo blended with the colours and a legend of the classes present; --probs writes the per-class
+photo blended with the colours (opacity --alpha) and a legend of the classes present; --probs writes the per-class
 probabilities as float16 .npy (C, H, W). The mean and median inference time (after a warm-up pass,
 synchronised on CUDA) are printed at the end.
 """
@@ -19,16 +19,16 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from core.cli import (ArgumentParser, HelpFormatter, add_config_flags, non_negative_int, parse_with_config,
                       positive_int, run_main)
-from core.palette import VOC_PALETTE, Palette, class_name, default_class_names
+from core.palette import VOC_PALETTE, class_name, default_class_names
 from core.runtime import Runtime, add_runtime_flags, resolve_runtime, synchronize
 from data_utils import IMAGE_EXTENSIONS, read_image, save_mask
 from src import add_model_flags
 from train_utils.inference import add_inference_flags, inferer_from_args, load_inference_model
+from train_utils.pictures import overlay
 from train_utils.train_eval import prepare_images, whole_image
 
 
@@ -42,12 +42,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="output PNG for one image, or output folder (default: predictions/)")
     parser.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=False,
                         help="also write <name>_overlay.png: the photo blended with the mask, with a legend")
+    parser.add_argument("--alpha", type=opacity, default=0.5,
+                        help="opacity of the class colours in the overlay, 0 (photo only) to 1 (colours only)")
     parser.add_argument("--probs", action=argparse.BooleanOptionalAction, default=False,
                         help="also write <name>_probs.npy: float16 class probabilities (C, H, W)")
     parser.add_argument("--runs", type=positive_int, default=1, help="timed passes per image (after warm-up)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed passes on the first image")
     add_inference_flags(parser)
     return parse_with_config(parser, argv)
+
+
+def opacity(text: str) -> float:
+    """An --alpha value: a number in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text}")
+    return value
 
 
 def list_images(path: Path) -> List[Path]:
@@ -86,28 +96,6 @@ def timed_predict(model, image, runtime: Runtime, infer, runs: int) -> Tuple[tor
     return scores, times
 
 
-def overlay(photo: np.ndarray, mask: np.ndarray, class_names: List[str], alpha: float = 0.5,
-            palette: Palette = VOC_PALETTE) -> Image.Image:
-    """The photo blended with the palette colours of `mask` (background, class 0, left as is), with a legend
-    of the classes present."""
-    palette = np.array(palette, dtype=np.uint8).reshape(-1, 3)
-    weight = np.where(mask[..., None] > 0, alpha, 0.0)
-    blended = (photo * (1 - weight) + palette[mask] * weight).astype(np.uint8)
-    present = [int(c) for c in np.unique(mask)]
-    font = ImageFont.load_default()
-    row = 16
-    legend_w = 12 + max(int(font.getlength(class_name(class_names, c))) for c in present) + 8
-    canvas = Image.new("RGB", (blended.shape[1] + legend_w, max(blended.shape[0], row * len(present) + 8)),
-                       "white")
-    canvas.paste(Image.fromarray(blended), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for i, c in enumerate(present):
-        x, y = blended.shape[1] + 4, 4 + i * row
-        draw.rectangle([x, y, x + 10, y + 10], fill=tuple(int(v) for v in palette[c]), outline="black")
-        draw.text((x + 14, y - 1), class_name(class_names, c), fill="black", font=font)
-    return canvas
-
-
 def main(args: argparse.Namespace) -> int:
     images = list_images(Path(args.image))
     runtime = resolve_runtime(args)
@@ -129,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_mask(mask, out, palette)
         if args.overlay:
-            overlay(image.permute(1, 2, 0).numpy(), mask, names, palette=palette).save(
+            overlay(image.permute(1, 2, 0).numpy(), mask, names, args.alpha, palette).save(
                 out.with_name(out.stem + "_overlay.png"))
         if args.probs:
             probs = scores if getattr(infer, "returns_probabilities", False) else scores.softmax(0)

@@ -9,8 +9,12 @@
     # continue an interrupted run
     python train.py --data-path data/VOC --output-dir runs/fcn_resnet50_voc --resume auto
 
+    # also log to TensorBoard (pip install tensorboard): tensorboard --logdir runs/
+    python train.py --data-path data/VOC --pretrained-backbone resnet50-0676ba61.pth --tensorboard
+
 For several GPUs or several nodes use train_multi_GPU.py (same flags). Every run writes config.yaml,
-train.log, results.txt, metrics.jsonl, last.pth and best.pth into --output-dir.
+train.log, results.txt, metrics.jsonl, steps.jsonl, last.pth and best.pth into --output-dir, and the
+pictures curves.png (with matplotlib) and vis/epoch_<E>.png.
 """
 import argparse
 from typing import Optional, Sequence

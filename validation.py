@@ -8,15 +8,20 @@
     # several GPUs (identical numbers: every image is counted exactly once)
     torchrun --nproc_per_node=4 validation.py --data-path data/VOC --weights best.pth
 
+    # pictures: masks, image | ground truth | prediction | errors tiles, confusion.png, per_class_iou.png,
+    # and the 10 images with the lowest mean IoU
+    python validation.py --data-path data/VOC --weights best.pth --save-dir val_pictures --worst 10
+
 Metrics are computed at the original label resolution. The record (a header line, the confusion-matrix
-summary and per-class IoU) is appended to --record, never overwritten; --json writes every metric.
+summary and per-class IoU) is appended to --record, never overwritten; --json writes every metric and the
+confusion matrix.
 """
 import argparse
 import datetime
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch.utils.data import DataLoader
 
@@ -26,11 +31,12 @@ from core.runtime import add_runtime_flags, resolve_runtime
 from data_utils import build_dataset, collate_fn
 from src import add_model_flags
 from train_utils.distributed import cleanup, init_distributed_mode
+from train_utils.val_pictures import ValidationPictures, keep_worst_tiles, prepare_save_dir, save_figures
 from train_utils.inference import add_inference_flags, inferer_from_args, load_inference_model
 from train_utils.metrics import ConfusionMatrix
 from train_utils.options import add_data_flags
 from train_utils.sampler import EvalBatchSampler
-from train_utils.train_eval import evaluate, whole_image
+from train_utils.train_eval import run_evaluation, whole_image
 from transforms import SegmentationPresetEval
 
 
@@ -45,6 +51,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="record file to append to (default: record_mAP.txt next to the weights)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write all metrics to this JSON file")
     parser.add_argument("-b", "--batch-size", type=positive_int, default=8, help="images per batch (same size)")
+    parser.add_argument("--save-dir", default=None, metavar="DIR",
+                        help="write masks/<name>.png (the mask predict.py writes with the same flags), "
+                             "tiles/<name>.png (image | ground truth | prediction | errors), confusion.png and "
+                             "per_class_iou.png (needs matplotlib)")
+    parser.add_argument("--worst", type=positive_int, default=None, metavar="K",
+                        help="list the K images with the lowest mean IoU (with --save-dir also worst/<rank>_<name>.png)")
     add_inference_flags(parser)
     return parse_with_config(parser, argv)
 
@@ -91,6 +103,11 @@ def main(args: argparse.Namespace) -> int:
     check_writable(record_path(args), "--record" if args.record else "--record (default: next to --weights)")
     if args.json:
         check_writable(Path(args.json), "--json")
+
+
+    save_dir = Path(args.save_dir) if args.save_dir else None
+    if save_dir is not None:  # before any work: a missing matplotlib or an unwritable folder is one line
+        prepare_save_dir(save_dir)
     info = init_distributed_mode(args.device)
     runtime = resolve_runtime(args, device=info.device)
     loaded, model = load_inference_model(args, runtime)
@@ -99,31 +116,51 @@ def main(args: argparse.Namespace) -> int:
     sampler = EvalBatchSampler(dataset.image_sizes(), args.batch_size, info.rank, info.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, collate_fn=collate_fn,
                         pin_memory=runtime.device.type == "cuda")
-    results = {"single-scale": evaluate(model, loader, runtime.device, loaded.num_classes, class_names,
-                                        runtime.amp_dtype, runtime.channels_last, whole_image, desc="single-scale")}
+    # The pictures come from the last mode evaluated: the one predict.py runs with the same flags.
+    pics = ValidationPictures(save_dir, [p[0].stem for p in dataset.pairs], sampler.batches, loaded.num_classes,
+                              loaded.palette or dataset.palette) if save_dir is not None or args.worst else None
     tta = inferer_from_args(args)
-    if tta is not None:
-        results[tta.name] = evaluate(model, loader, runtime.device, loaded.num_classes, class_names,
-                                     runtime.amp_dtype, runtime.channels_last, tta, desc=tta.name)
+    modes = [("single-scale", whole_image)] + ([(tta.name, tta)] if tta is not None else [])
+    results = {label: run_evaluation(model, loader, runtime.device, loaded.num_classes, class_names,
+                                     runtime.amp_dtype, runtime.channels_last, infer, desc=label,
+                                     on_batch=pics if i == len(modes) - 1 else None).confusion
+               for i, (label, infer) in enumerate(modes)}
+    worst = pics.worst(args.worst or 0) if pics is not None else []
     if info.is_main:
-        report(args, loaded.name, len(dataset), results, class_names)
+        report(args, loaded.name, len(dataset), results, class_names, worst)
+        if save_dir is not None:
+            save_pictures(save_dir, results[modes[-1][0]], class_names, worst)
     cleanup()
     return 0
 
 
+def save_pictures(save_dir: Path, cm: ConfusionMatrix, class_names: List[str], worst: List[Tuple[str, float]]) -> None:
+    save_figures(save_dir, cm, class_names)
+    if worst:
+        keep_worst_tiles(save_dir, worst)
+    print(f"pictures in {save_dir}: masks/, tiles/, confusion.png, per_class_iou.png"
+          f"{', worst/' if worst else ''}", file=sys.stderr)
+
+
 def report(args: argparse.Namespace, name: str, num_images: int, results: Dict[str, ConfusionMatrix],
-           class_names: List[str]) -> None:
+           class_names: List[str], worst: List[Tuple[str, float]]) -> None:
     first = next(iter(results.values()))
     text = header(args, name, num_images) + "\n" + str(first) + "\n"
     if len(results) > 1:
         text += comparison(results, class_names) + "\n"
+    if worst:
+        text += f"worst {len(worst)} images by mean IoU ({list(results)[-1]}):\n" + \
+            "".join(f"  {iou * 100:5.1f}  {stem}\n" for stem, iou in worst)
     print(text)
     record = record_path(args)
     append_text(record, text + "\n")
     print(f"appended to {record}", file=sys.stderr)
     if args.json:
+        # "confusion": rows ground truth, columns prediction, pixel counts (255 skipped)
         data = {"weights": args.weights, "model": name, "split": args.split, "images": num_images,
-                **{label: cm.metrics() for label, cm in results.items()}}
+                **{label: {**cm.metrics(), "confusion": cm.matrix.tolist()} for label, cm in results.items()}}
+        if worst:
+            data["worst"] = [{"image": stem, "mean_iou": iou} for stem, iou in worst]
         atomic_write(Path(args.json), lambda f: f.write(json.dumps(nan_to_none(data), indent=2).encode()))
 
 

@@ -3,6 +3,8 @@
 Files are written with PIL and imgviz's colormap directly, not with my_dataset's helpers, so the tests of
 my_dataset read data that its own writer did not produce.
 """
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,12 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # my_dataset.py, transforms.py and train_utils live at the root
+
+from my_dataset import make_demo_dataset  # noqa: E402
+
+# Flags of the tiny CPU trainings of the end-to-end tests.
+TINY = ["--pretrained-backbone", "none", "--base-size", "64", "--crop-size", "64", "-b", "2", "-j", "0",
+        "--print-freq", "1", "--device", "cpu"]
 
 TRAIN_IDS = ["gen_000", "gen_001", "gen_002"]
 VAL_IDS = ["gen_003", "voc_sample"]
@@ -109,20 +117,25 @@ def voc2012(voc_root: Path) -> Path:
     return voc_root / "VOCdevkit" / "VOC2012"
 
 
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory) -> Path:
-    """The demo dataset (6 training, 3 validation images of 64 x 64), shared by every test file."""
-    from my_dataset import make_demo_dataset
+def run(*args, check=True, env=None, timeout=300):
+    """Runs `python *args` from the repository root, as a user would; raises with its output if it fails."""
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
 
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The synthetic demo dataset: 6 training and 3 validation images of 64 x 64, 5 classes."""
     return make_demo_dataset(tmp_path_factory.mktemp("demo"), num_train=6, num_val=3, size=64)
 
 
 @pytest.fixture(scope="session")
-def trained(demo, tmp_path_factory) -> Path:
-    """One finished 2-epoch run on `demo` (fcn_resnet50 with aux, CPU), shared by every test file: treat it as
-    read-only (hard-link its files into a folder of your own to resume or damage it)."""
-    from test_cli import TINY, run
-
+def trained(demo, tmp_path_factory):
+    """One tiny run for the whole session: 2 epochs (3 iterations each, every one printed), evaluated after
+    each, with TensorBoard; tests that change it work on a copy."""
     out = tmp_path_factory.mktemp("run") / "run"
-    run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "2", *TINY)
+    run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "2", "--tensorboard", *TINY)
     return out

@@ -18,17 +18,10 @@ from my_dataset import VOC_PALETTE, make_demo_dataset
 from src import build_model
 from train_utils import class_weights_from_counts
 
+from conftest import TINY, run  # the session's tiny trained run is shared with other test files
+from test_visual import assert_resumed_records
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--pretrained-backbone", "none", "--base-size", "64", "--crop-size", "64", "-b", "2", "-j", "0",
-        "--print-freq", "1", "--device", "cpu"]
-
-
-def run(*args, check=True, env=None, timeout=300):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=timeout, env={**os.environ, **(env or {})})
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def free_port() -> int:
@@ -145,9 +138,11 @@ def test_predict_writes_the_masks_validation_scores(trained, demo, tmp_path, fla
 def test_resume_auto_continues(trained, demo, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(trained, out)
-    run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "3", "--resume", "auto", *TINY)
+    run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "3", "--resume", "auto", "--tensorboard",
+        *TINY)
     assert [m["epoch"] for m in metrics_lines(out)] == [0, 1, 2]
     assert "resumed from" in (out / "train.log").read_text()
+    assert_resumed_records(out)  # steps.jsonl, TensorBoard, curves.png: tests/test_visual.py
 
 
 def test_existing_run_is_not_overwritten(trained, demo):

@@ -1,4 +1,5 @@
-"""The embedded demo behind `make demo`: data, an untrained baseline, training, validation and prediction.
+"""The embedded demo behind `make demo`: data, an untrained baseline, training, validation and prediction,
+and the pictures of all of it (curves.png, vis/ grids, validation tiles and figures; matplotlib draws them).
 
     python tools/demo.py [--device cpu] [--min-miou 0.5]
 
@@ -6,6 +7,7 @@ Every step runs the project's own command (printed before it runs), so the demo 
 Offline and self-contained: the dataset is generated, the backbone starts from random weights.
 """
 import argparse
+import importlib.util
 import json
 import shlex
 import subprocess
@@ -87,17 +89,32 @@ def run_demo(args: argparse.Namespace) -> int:
     step("untrained model", "validation.py", *common, "--weights", str(out / "untrained.pth"),
          "--json", str(out / "untrained.json"))
     step("training", "train.py", "--config", args.config, "--device", args.device, "--overwrite")
+    pictures = importlib.util.find_spec("matplotlib") is not None
+    if not pictures:
+        print("note: matplotlib is not installed, so the demo draws no curves or validation figures: "
+              "pip install matplotlib (make demo installs it)", file=sys.stderr)
     step("validation of the best checkpoint", "validation.py", *common, "--weights", str(out / "best.pth"),
-         "--json", str(out / "best.json"))
+         "--json", str(out / "best.json"),
+         *(["--save-dir", str(out / "val_pictures"), "--worst", "3"] if pictures else []))
     image = sorted((data / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("val_*.jpg"))[0]
     step("prediction", "predict.py", "--weights", str(out / "best.pth"), "--image", str(image), "--output",
          str(out / "prediction.png"), "--overlay", "--device", args.device, "--runs", "5")
     before, after = miou(out / "untrained.json"), miou(out / "best.json")
+    grids = sorted((out / "vis").glob("epoch_*.png"), key=lambda p: int(p.stem[6:]))
     print(f"\n=== done in {time.perf_counter() - start:.0f} s\n"
           f"mIoU on the demo validation set: untrained {before * 100:.1f} -> trained {after * 100:.1f}\n"
-          f"run directory   {out}: config.yaml, train.log, results.txt, metrics.jsonl, last.pth, best.pth\n"
+          f"run directory   {out}: config.yaml, train.log, results.txt, metrics.jsonl, steps.jsonl, last.pth, "
+          f"best.pth\n"
           f"validation      {out / 'record_mAP.txt'}\n"
           f"prediction      {out / 'prediction.png'} and {out / 'prediction_overlay.png'}")
+    if grids:
+        print(f"predictions     {grids[-1]} (image | ground truth | prediction; one grid per evaluation in "
+              f"{out / 'vis'})")
+    if pictures:
+        val = out / "val_pictures"
+        print(f"curves          {out / 'curves.png'} (loss, validation metrics, learning rate)\n"
+              f"validation      {val / 'tiles'} (image | ground truth | prediction | errors per image), "
+              f"{val / 'confusion.png'}, {val / 'per_class_iou.png'}, the 3 worst images in {val / 'worst'}")
     if after < args.min_miou:
         print(f"error: the trained mIoU {after:.3f} is below {args.min_miou}", file=sys.stderr)
         return 1

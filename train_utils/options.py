@@ -87,6 +87,12 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
     p("--eval-every", type=non_negative_int, default=1, help="evaluate every N epochs (0: only at the end)")
     p("--eval-batch-size", type=positive_int, default=8,
       help="validation images per batch (images of equal size are batched, never padded)")
+    p("--tensorboard", action=argparse.BooleanOptionalAction, default=False,
+      help="also log to <output-dir>/tensorboard/ (scalars, confusion matrix, validation images); needs "
+           "pip install tensorboard")
+    p("--vis-every", type=non_negative_int, default=None, metavar="N",
+      help="save <output-dir>/vis/epoch_<E>.png (image | ground truth | prediction of a few fixed validation "
+           "images) every N epochs and after the last (default: at every evaluation; 0: never)")
     return parser
 
 

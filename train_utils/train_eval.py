@@ -3,7 +3,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -167,40 +167,98 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     return loss
 
 
+Criterion = Callable[[Dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def eval_criterion(opts: TrainOptions) -> Criterion:
+    """The training loss as evaluation computes it: the same ignore label and class weights, on the main
+    head's logits only (the aux head only regularises training)."""
+    return functools.partial(criterion, class_weights=opts.class_weights, validate=False, loss=opts.loss)
+
+
 def whole_image(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Logits of the whole image in one forward pass (the default inference mode)."""
     return model(images)["out"]
 
 
-@torch.inference_mode()
+@dataclass
+class Evaluation:
+    """What one evaluation measured: the confusion matrix and, when a criterion was given, the loss."""
+
+    confusion: ConfusionMatrix
+    loss: Optional[float] = None  # mean criterion per labelled pixel, over all ranks
+
+
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
              class_names: Optional[list] = None, amp_dtype: Optional[torch.dtype] = None,
              channels_last: bool = False, infer: Callable = whole_image,
              desc: str = "eval") -> ConfusionMatrix:
-    """Confusion matrix of `model` over `loader`, summed over all ranks.
+    """Confusion matrix of `model` over `loader`, summed over all ranks (see `run_evaluation`)."""
+    return run_evaluation(model, loader, device, num_classes, class_names, amp_dtype, channels_last, infer,
+                          desc).confusion
+
+
+@torch.inference_mode()
+def run_evaluation(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
+                   class_names: Optional[list] = None, amp_dtype: Optional[torch.dtype] = None,
+                   channels_last: bool = False, infer: Callable = whole_image, desc: str = "eval",
+                   criterion: Optional[Criterion] = None, on_batch: Optional[BatchHook] = None) -> Evaluation:
+    """Confusion matrix (and optionally the loss) of `model` over `loader`, summed over all ranks.
 
     Logits are resized (bilinear) to each label's own resolution before the argmax, so the metrics are
     computed on the original masks even when the images were resized. Each rank must see a disjoint shard
     of the data without padding (see `train_utils.sampler`), so every image counts exactly once.
+
+    Args:
+        criterion: called as criterion({"out": logits}, targets) on the resized logits (so `infer` must
+            return logits); each batch's mean is weighted by its labelled pixels, so with cross-entropy the
+            loss is the mean over every labelled pixel of the split, whatever the batching and world size.
+            Sum and count stay on the device: the host reads them once, at the end.
+        on_batch: called as on_batch(images, targets, predictions) with the loader's uint8 CPU images and
+            the device's targets and predicted labels, e.g. to save pictures (validation.py --save-dir).
     """
     model.eval()
     cm = ConfusionMatrix(num_classes, class_names, device=device)
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of loss x pixels, labelled pixels)
     bar = tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, disable=not is_main_process(), leave=False)
     for images, targets in bar:
-        images = prepare_images(images, device, channels_last)
+        batch = prepare_images(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
-            logits = infer(model, images)
+            logits = infer(model, batch)
         if logits.shape[1] != num_classes:  # shapes are known on the host: no sync
             raise ValueError(f"the model outputs {logits.shape[1]} classes, but the evaluation is of {num_classes}; "
                              f"check --num-classes against the checkpoint")
-        cm.update(targets, logits_to_labels(logits, targets.shape[-2:]))
+        logits = resize_logits(logits, targets.shape[-2:])
+        preds = logits.argmax(1)
+        cm.update(targets, preds)
+        if criterion is not None:
+            loss_sum += _weighted_loss(criterion, logits, targets)
+        if on_batch is not None:
+            on_batch(images, targets, preds)
     cm.reduce_from_all_processes()
-    return cm
+    if criterion is None:
+        return Evaluation(cm)
+    total, pixels = all_reduce_sum(loss_sum).tolist()
+    return Evaluation(cm, total / pixels if pixels else math.nan)
+
+
+def _weighted_loss(criterion: Criterion, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(batch mean x labelled pixels, labelled pixels) as a float64 device tensor; a batch without labelled
+    pixels adds (0, 0) instead of the NaN of an empty mean."""
+    pixels = (targets != IGNORE_INDEX).sum().double()
+    loss = criterion({"out": logits}, targets).double()
+    return torch.stack([torch.where(pixels > 0, loss * pixels, torch.zeros_like(loss)), pixels])
+
+
+def resize_logits(logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(N, C, h, w) logits resized (bilinear, in fp32) to `size` when they differ, else returned as they are."""
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return logits
 
 
 def logits_to_labels(logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Argmax over classes after resizing (N, C, h, w) logits to `size` when they differ."""
-    if tuple(logits.shape[-2:]) != tuple(size):
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-    return logits.argmax(1)
+    return resize_logits(logits, size).argmax(1)

@@ -25,11 +25,14 @@ from .lr import create_lr_scheduler, create_optimizer
 from .options import check_args, default_lr, loss_config, resolve_output_dir, resolve_recipe
 from .recorders import EpochRecord, Recorder, Recorders, default_recorders
 from .run_dir import prepare_output_dir, release_run_dir, setup_logging, write_config
-from .train_eval import TrainOptions, evaluate, train_one_epoch
+from .train_eval import TrainOptions, eval_criterion, run_evaluation, train_one_epoch
+from .visual import require_tensorboard, visual_recorders
 
 
 def setup(args: argparse.Namespace) -> Tuple[DistInfo, Runtime, Path, logging.Logger]:
     check_args(args)
+    if args.tensorboard:
+        require_tensorboard()  # before any work: a missing extra is one line, not a crash after an epoch
     info = init_distributed_mode(args.device)
     runtime = resolve_runtime(args, device=info.device)
     args.device, args.channels_last = str(runtime.device), runtime.channels_last
@@ -79,7 +82,10 @@ def run_training(args: argparse.Namespace, extra_recorders: Optional[List[Record
         load_resume(training, path, log)
         if info.is_main:
             repair_best(out, path, training.state, log)
-    recorders = Recorders(default_recorders(out, log) + list(extra_recorders or []) if info.is_main else [])
+    s, steps_per_epoch = training.state, train_loader.sampler.batches_per_epoch
+    recorders = Recorders(default_recorders(out, log) + visual_recorders(
+        args, out, log, model, val_set, runtime, class_names, train_set.palette,
+        s.next_epoch * steps_per_epoch + s.next_step) + list(extra_recorders or []) if info.is_main else [])
     # Entries of epochs this run will (re)do go: after a resume, those recorded after the checkpoint; for a
     # new run, all of them.
     recorders.start(training.state.next_epoch)
@@ -128,13 +134,16 @@ def fit(training: Training, wrap: Callable[[], nn.Module], train_loader: DataLoa
             s.partial_loss = (result.loss_sum, result.total_steps, result.empty_batches)
             training.save(out, ["last.pth"])
             return stopped(stop, f"at epoch {epoch}, iteration {s.next_step}", out, log)
-        cm = None
+        cm, extra = None, {}
         if (args.eval_every and (epoch + 1) % args.eval_every == 0) or epoch + 1 == args.epochs:
             broadcast_buffers(training.model)
-            cm = evaluate(model, val_loader, info.device, args.num_classes, training.class_names, opts.amp_dtype,
-                          opts.channels_last, desc=f"eval {epoch}")
+            evaluation = run_evaluation(model, val_loader, info.device, args.num_classes, training.class_names,
+                                        opts.amp_dtype, opts.channels_last, desc=f"eval {epoch}",
+                                        criterion=eval_criterion(opts))
+            cm, extra = evaluation.confusion, {"val_loss": evaluation.loss}
         record = EpochRecord(epoch, result.loss, result.lr, result.images_per_s, time.perf_counter() - start,
-                             len(train_loader), cm, cm.metrics() if cm is not None else None)
+                             train_loader.sampler.batches_per_epoch, cm, cm.metrics() if cm is not None else None,
+                             extra)
         if finish_epoch(training, record, result.empty_batches, recorders, out, log):
             return 0
         if any_rank([stop()], info.device)[0]:

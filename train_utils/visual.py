@@ -1,0 +1,289 @@
+"""The recorders that make a run visible: steps.jsonl (every print interval), curves.png (after every
+epoch), vis/epoch_<E>.png (predictions on a fixed set of validation images) and TensorBoard (--tensorboard).
+
+Like every recorder they run on rank 0 only, after the host sync the loop already makes. The pictures
+predict with the unwrapped model on rank 0 (a handful of images, once per epoch); the other ranks go on to
+the checkpoint's collective and wait there, so no training step waits for a picture.
+
+Step axis: StepRecord.global_step (iterations since the start of the run); per-epoch values are put at the
+step that ends their epoch, (epoch + 1) x steps per epoch. A resume continues that axis: records past the
+checkpoint are dropped from steps.jsonl and purged from TensorBoard, so nothing is duplicated or rewound.
+"""
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from core.cli import UsageError
+from core.palette import VOC_PALETTE, Palette
+from core.platform import atomic_write, nan_to_none
+from core.runtime import Runtime, autocast
+from data_utils import SegmentationDataset
+
+from . import pictures
+from .history import STEPS_FILE, load_history, read_jsonl
+from .plots import confusion_figure, curves_figure, figure_array, require_matplotlib, save_figure
+from .recorders import EpochRecord, Recorder, StepRecord
+from .train_eval import prepare_images, resize_logits
+
+CURVES_FILE = "curves.png"
+VIS_DIR = "vis"
+TENSORBOARD_DIR = "tensorboard"
+VIS_IMAGES = 4  # validation images in each vis/ grid and TensorBoard panel set
+VIS_MAX_SIDE = 320  # px: larger panels are shrunk, so a grid of VOC photos stays a few hundred KB
+
+
+def require_tensorboard() -> None:
+    """Raises one line saying what to install when torch.utils.tensorboard cannot be imported."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  optional extra
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package, which is not installed: "
+                         "pip install tensorboard") from None
+
+
+class IntervalLoss:
+    """The mean loss of each print interval, from the running epoch means the loop reports: with m_s the
+    mean over the first s iterations, the interval (p, s] has mean (m_s s - m_p p) / (s - p)."""
+
+    def __init__(self) -> None:
+        self.last: Optional[Tuple[int, int, float]] = None  # (epoch, step, running mean) of the last record
+        self.cache: Tuple[int, float] = (-1, math.nan)  # (global step, value): each record is computed once
+
+    def seed(self, epoch: int, step: int, loss: float) -> None:
+        self.last = (epoch, step, loss)
+
+    def __call__(self, record: StepRecord) -> float:
+        if self.cache[0] == record.global_step:
+            return self.cache[1]
+        prev_step, prev_loss = 0, 0.0
+        if self.last is not None and self.last[0] == record.epoch and self.last[1] < record.step:
+            prev_step, prev_loss = self.last[1], self.last[2]
+        value = (record.loss * record.step - prev_loss * prev_step) / (record.step - prev_step)
+        self.last, self.cache = (record.epoch, record.step, record.loss), (record.global_step, value)
+        return value
+
+
+class StepsRecorder(Recorder):
+    """steps.jsonl: one line per print interval (loss, interval loss, lr, images/s, the global step)."""
+
+    def __init__(self, out: Path, interval_loss: IntervalLoss, resume_step: int) -> None:
+        self.path, self.interval_loss, self.resume_step = Path(out) / STEPS_FILE, interval_loss, resume_step
+
+    def start(self, next_epoch: int) -> None:
+        lines = read_jsonl(self.path)
+        kept = [r for r in lines if isinstance(r.get("global_step"), int) and r["global_step"] <= self.resume_step]
+        if self.path.exists() and (kept != lines or self.path.read_bytes().count(b"\n") != len(lines)):
+            text = "".join(_json_line(r) for r in kept)
+            atomic_write(self.path, lambda f: f.write(text.encode()))
+        if kept:
+            self.interval_loss.seed(kept[-1]["epoch"], kept[-1]["step"], kept[-1]["loss"])
+
+    def on_step(self, record: StepRecord) -> None:
+        line = {"epoch": record.epoch, "step": record.step, "global_step": record.global_step,
+                "steps_per_epoch": record.steps_per_epoch, "loss": record.loss,
+                "interval_loss": self.interval_loss(record), "lr": record.lr, "images_per_s": record.images_per_s}
+        # A plain append, not append_jsonl's atomic rewrite: this file grows by a line every print interval,
+        # and rewriting it each time would cost quadratic I/O. A torn last line is skipped when read.
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(_json_line(line))
+
+
+def _json_line(record: Dict) -> str:
+    return json.dumps(nan_to_none(record)) + "\n"  # strict JSON (NaN as null), as append_jsonl writes
+
+
+class CurvesRecorder(Recorder):
+    """curves.png, redrawn from steps.jsonl and metrics.jsonl after every epoch (so a resumed run's picture
+    holds its whole history). Without matplotlib it says so once in the log and the run goes on."""
+
+    def __init__(self, out: Path, log: logging.Logger) -> None:
+        self.out, self.log, self.enabled = Path(out), log, True
+
+    def on_epoch(self, record: EpochRecord) -> None:
+        if not self.enabled:
+            return
+        try:
+            fig = curves_figure([load_history(self.out, class_names=[])])
+        except UsageError as e:
+            self.enabled = False
+            self.log.warning(f"{CURVES_FILE} not drawn: {e}")
+            return
+        save_figure(fig, self.out / CURVES_FILE)
+
+
+class VisSamples:
+    """A fixed set of validation images (evenly spaced over the split) and the model's predictions on them,
+    made once per epoch and shared by the vis/ grids and TensorBoard."""
+
+    def __init__(self, dataset: SegmentationDataset, model: nn.Module, runtime: Runtime,
+                 count: int = VIS_IMAGES) -> None:
+        self.dataset, self.model, self.runtime = dataset, model, runtime
+        n = len(dataset)
+        self.indices = sorted(set(np.linspace(0, n - 1, min(count, n)).round().astype(int).tolist()))
+        self.samples: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+        self.cache: Tuple[int, List[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = (-1, [])
+
+    def predictions(self, epoch: int) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(image (H, W, 3), ground truth (H, W), prediction (H, W)) uint8 arrays at the mask's size."""
+        if self.cache[0] != epoch:
+            self.cache = (epoch, self._predict_all())
+        return self.cache[1]
+
+    def _load(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        if self.samples is None:  # read once: the same transformed images every epoch
+            self.samples = [tuple(t.as_subclass(torch.Tensor) for t in self.dataset[i]) for i in self.indices]
+        return self.samples
+
+    @torch.inference_mode()
+    def _predict_all(self) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        samples, was_training = self._load(), self.model.training
+        self.model.eval()
+        by_size: Dict[Tuple[int, ...], List[int]] = {}
+        for k, (image, _) in enumerate(samples):  # one forward per image size, not per image
+            by_size.setdefault(tuple(image.shape), []).append(k)
+        preds: Dict[int, np.ndarray] = {}
+        for group in by_size.values():
+            x = prepare_images(torch.stack([samples[k][0] for k in group]), self.runtime.device,
+                               self.runtime.channels_last)
+            with autocast(self.runtime.device, self.runtime.amp_dtype):
+                logits = self.model(x)["out"]
+            for k, logit in zip(group, logits):
+                size = tuple(samples[k][1].shape)
+                preds[k] = resize_logits(logit[None], size).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        self.model.train(was_training)
+        return [(_shown(image, tuple(mask.shape)), mask.numpy(), preds[k]) for k, (image, mask) in enumerate(samples)]
+
+
+def _shown(image: torch.Tensor, size: Tuple[int, int]) -> np.ndarray:
+    """The (3, h, w) uint8 input as an (H, W, 3) picture at the mask's size (resized under --eval-size)."""
+    if tuple(image.shape[1:]) != size:
+        image = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
+                              align_corners=False)[0].round().clamp(0, 255).byte()
+    return image.permute(1, 2, 0).numpy()
+
+
+class VisRecorder(Recorder):
+    """vis/epoch_<E>.png: image | ground truth | prediction for the fixed validation images, every `every`
+    epochs (0: none) and after the last one."""
+
+    def __init__(self, out: Path, samples: VisSamples, palette: Palette, every: int, epochs: int) -> None:
+        self.dir, self.samples, self.palette = Path(out) / VIS_DIR, samples, palette
+        self.every, self.epochs = every, epochs
+
+    def start(self, next_epoch: int) -> None:
+        for path in self.dir.glob("epoch_*.png"):  # pictures of epochs about to be redone
+            if path.stem[6:].isdigit() and int(path.stem[6:]) >= next_epoch:
+                path.unlink()
+
+    def on_epoch(self, record: EpochRecord) -> None:
+        last = record.epoch + 1 == self.epochs
+        if not last and (not self.every or (record.epoch + 1) % self.every):
+            return
+        rows = [pictures.sample_panels(*s, palette=self.palette) for s in self.samples.predictions(record.epoch)]
+        picture = pictures.grid(rows, pictures.GRID_TITLES, max_side=VIS_MAX_SIDE)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_png(picture, self.dir / f"epoch_{record.epoch}.png")
+
+
+def write_png(picture: np.ndarray, path: Path) -> None:
+    """An (H, W, 3) uint8 array as a PNG, atomically."""
+    atomic_write(path, lambda f: Image.fromarray(picture).save(f, format="PNG"))
+
+
+class TensorBoardRecorder(Recorder):
+    """<run>/tensorboard/: train/loss (per interval), train/lr and train/images_per_s at every print
+    interval; per epoch train/epoch_loss, and when evaluated every val/ metric, val/loss, iou/<class name>,
+    the confusion matrix and the fixed validation images as image | ground truth | prediction panels."""
+
+    def __init__(self, out: Path, class_names: Sequence[str], samples: Optional[VisSamples], palette: Palette,
+                 interval_loss: IntervalLoss, resume_step: int) -> None:
+        self.dir, self.class_names, self.samples, self.palette = Path(out) / TENSORBOARD_DIR, class_names, \
+            samples, palette
+        self.interval_loss, self.resume_step, self.writer = interval_loss, resume_step, None
+
+    def start(self, next_epoch: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # optional extra, checked by require_tensorboard
+
+        if self.resume_step == 0:  # a new run: the event files of an earlier one would mix with its curves
+            for old in self.dir.glob("events.out.tfevents.*"):
+                old.unlink()
+        # Events at steps past the checkpoint were recorded by the run that was interrupted and are about to
+        # be redone: purge_step hides them from every reader.
+        self.writer = SummaryWriter(str(self.dir), purge_step=self.resume_step + 1 if self.resume_step else None)
+
+    def on_step(self, record: StepRecord) -> None:
+        step = record.global_step
+        self.writer.add_scalar("train/loss", self.interval_loss(record), step)
+        self.writer.add_scalar("train/lr", record.lr, step)
+        self.writer.add_scalar("train/images_per_s", record.images_per_s, step)
+
+    def on_epoch(self, record: EpochRecord) -> None:
+        step = (record.epoch + 1) * record.steps_per_epoch
+        self.writer.add_scalar("train/epoch_loss", record.train_loss, step)
+        for key, value in record.extra.items():
+            if isinstance(value, float):
+                self.writer.add_scalar(f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}", value, step)
+        if record.metrics is not None:
+            self._metrics(record, step)
+        self.writer.flush()
+
+    def _metrics(self, record: EpochRecord, step: int) -> None:
+        m = record.metrics
+        for key in ("mean_iou", "pixel_acc", "mean_acc", "fw_iou", "mean_dice"):
+            if isinstance(m.get(key), float) and not math.isnan(m[key]):
+                self.writer.add_scalar(f"val/{key}", m[key], step)
+        for name, value in zip(self.class_names, m["iou"]):
+            if not math.isnan(value):  # a class absent from ground truth and predictions has no IoU
+                self.writer.add_scalar(f"iou/{name}", value, step)
+        self.writer.add_image("val/confusion", confusion_picture(record.confusion.matrix.cpu().numpy(),
+                                                                 self.class_names), step, dataformats="HWC")
+        if self.samples is not None:
+            for i, sample in zip(self.samples.indices, self.samples.predictions(record.epoch)):
+                strip = pictures.grid([pictures.sample_panels(*sample, palette=self.palette)],
+                                      pictures.GRID_TITLES, max_side=VIS_MAX_SIDE)
+                self.writer.add_image(f"val/image_{i}", strip, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def confusion_picture(matrix: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """The labelled heatmap of confusion.png when matplotlib is installed, else a plain one."""
+    try:
+        require_matplotlib("the confusion image")
+    except UsageError:
+        return pictures.heatmap(matrix)
+    return figure_array(confusion_figure(matrix, class_names))
+
+
+def visual_recorders(args: argparse.Namespace, out: Path, log: logging.Logger, model: nn.Module,
+                     val_set: SegmentationDataset, runtime: Runtime, class_names: Sequence[str],
+                     palette: Optional[Palette], resume_step: int) -> List[Recorder]:
+    """steps.jsonl and curves.png always; vis/ grids unless --vis-every 0 (by default at every evaluation);
+    TensorBoard with --tensorboard.
+
+    Args:
+        model: the unwrapped model (not DDP, not compiled), for the pictures' predictions on rank 0.
+        resume_step: the global step the run continues from (0 for a new run).
+    """
+    interval_loss = IntervalLoss()
+    recorders: List[Recorder] = [StepsRecorder(out, interval_loss, resume_step), CurvesRecorder(out, log)]
+    samples = VisSamples(val_set, model, runtime) if args.vis_every != 0 or args.tensorboard else None
+    if args.vis_every != 0:
+        every = args.eval_every if args.vis_every is None else args.vis_every
+        recorders.append(VisRecorder(out, samples, palette or VOC_PALETTE, every, args.epochs))
+    if args.tensorboard:
+        recorders.append(TensorBoardRecorder(out, class_names, samples, palette or VOC_PALETTE, interval_loss,
+                                             resume_step))
+    return recorders
+
