@@ -320,6 +320,16 @@ def test_overlay_blends_with_alpha_and_leaves_background(tmp_path):
         assert np.abs(body[:, 10:] - expected[:, 10:]).max() <= 1  # rounding of the blend
 
 
+def test_overlay_colours_class_0_when_it_is_not_background():
+    """Cityscapes' class 0 is road, ADE20K's is wall: only a class named background stays the photo."""
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    mask = np.zeros((12, 16), dtype=np.uint8)
+    mask[:, 8:] = 1
+    body = np.asarray(overlay(photo, mask, ["road", "sidewalk"], 1.0))[:12, :16]
+    assert np.array_equal(body, PALETTE[mask])
+
+
 def test_alpha_outside_0_1_is_a_one_line_usage_error(capsys):
     import predict
 

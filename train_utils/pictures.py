@@ -101,8 +101,10 @@ def _titled(canvas: np.ndarray, titles: Sequence[str], cell_w: int) -> np.ndarra
 
 def overlay(photo: np.ndarray, mask: np.ndarray, class_names: Optional[Sequence[str]], alpha: float = 0.5,
             palette: Palette = VOC_PALETTE) -> Image.Image:
-    """The photo blended with the palette colour of each class in `mask` (class 0, background, left as is)
-    by torchvision's draw_segmentation_masks, with a legend of the classes present on the right.
+    """The photo blended with the palette colour of each class in `mask` by torchvision's
+    draw_segmentation_masks, with a legend of the classes present on the right. Class 0 is left as the photo
+    when it is the background (VOC-style class lists, or no names); in Cityscapes or ADE20K it is a class
+    (road, wall) and is coloured like the others.
 
     Args:
         photo: (H, W, 3) uint8.
@@ -113,13 +115,15 @@ def overlay(photo: np.ndarray, mask: np.ndarray, class_names: Optional[Sequence[
     present = [int(c) for c in np.unique(mask)]
     image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1)
     labels = torch.from_numpy(np.ascontiguousarray(mask))
-    drawn = [c for c in present if c != 0]
+    background = class_names is None or class_name(class_names, 0).lower() in ("background", "_background_")
+    drawn = [c for c in present if c != 0 or not background]
     blended = image
     if drawn:  # draw_segmentation_masks warns on an empty mask list
         blended = draw_segmentation_masks(image, torch.stack([labels == c for c in drawn]), alpha=alpha,
                                           colors=[tuple(int(v) for v in colours[c]) for c in drawn])
         # It blends every pixel with itself outside the masks, which float rounding can move by one level.
-        blended = torch.where(labels == 0, image, blended)
+        undrawn = ~torch.isin(labels, torch.tensor(drawn, dtype=labels.dtype))
+        blended = torch.where(undrawn, image, blended)
     return _with_legend(Image.fromarray(blended.permute(1, 2, 0).numpy()), present, class_names, colours)
 
 
