@@ -11,14 +11,15 @@ from core.constants import IGNORE_INDEX
 from core.palette import PathLike
 from core.platform import atomic_write
 from .datasets import SegmentationDataset
-from .io import label_counts, read_mask
+from .io import image_note, label_counts, read_mask
 from .pairs import Pair
 from .registry import dataset_spec
 
 
 class _ScanItems(Dataset):
-    """Yields (mask value counts, problem) per sample instead of raising, so one bad file does not end a scan.
-    With `masks_only`, only the masks are read (pixel counts, no check of the images)."""
+    """Yields (mask value counts, problem, note) per sample instead of raising, so one bad file does not end a
+    scan; the note says what reading did to a 16-bit or float photo. With `masks_only`, only the masks are read
+    (pixel counts, no check of the images)."""
 
     def __init__(self, dataset: SegmentationDataset, masks_only: bool = False) -> None:
         self.dataset, self.masks_only = dataset, masks_only
@@ -26,14 +27,14 @@ class _ScanItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str, str]:
         try:
             if self.masks_only:
-                return label_counts(self.dataset.load_mask(index)), ""
+                return label_counts(self.dataset.load_mask(index)), "", ""
             _, mask = self.dataset.load(index)
         except (FileNotFoundError, ValueError) as e:
-            return np.zeros(256, dtype=np.int64), str(e)
-        return label_counts(mask.numpy()), ""
+            return np.zeros(256, dtype=np.int64), str(e), ""
+        return label_counts(mask.numpy()), "", image_note(self.dataset.pairs[index][0])
 
 
 class _MaskCounts(Dataset):
@@ -76,23 +77,28 @@ def class_pixel_counts(dataset: SegmentationDataset, indices: Sequence[int], wor
 
 
 def scan_split(pairs: list[Pair], class_names: list[str], workers: int, masks_only: bool = False,
-               progress: bool = True, label_map: Optional[np.ndarray] = None) -> tuple[np.ndarray, list[str]]:
+               progress: bool = True, label_map: Optional[np.ndarray] = None,
+               notes: Optional[list[str]] = None) -> tuple[np.ndarray, list[str]]:
     """Counts of each mask value over all pairs and one problem line per unreadable or invalid pair (with
-    `masks_only`, the images are not read). `label_map` (raw value -> train id) is applied to each mask."""
+    `masks_only`, the images are not read). `label_map` (raw value -> train id) is applied to each mask; a line
+    per photo that was read converted (16-bit, float) is appended to `notes` when given."""
     counts, problems = np.zeros(256, dtype=np.int64), []
     if not pairs:
         return counts, problems
     items = _ScanItems(SegmentationDataset(pairs, class_names, label_map=label_map), masks_only)
     loader = DataLoader(items, batch_size=None, num_workers=workers, collate_fn=_unbatched)
-    for item_counts, problem in tqdm(loader, desc="scanning", unit="img", disable=not progress):
+    for item_counts, problem, note in tqdm(loader, desc="scanning", unit="img", disable=not progress):
         counts += item_counts
         if problem:
             problems.append(problem)
+        if note and notes is not None:
+            notes.append(note)
     return counts, problems
 
 
-def print_report(num_images: int, counts: np.ndarray, class_names: list[str], problems: list[str]) -> None:
-    """Prints the pixels per class, the classes that never occur and every problem."""
+def print_report(num_images: int, counts: np.ndarray, class_names: list[str], problems: list[str],
+                 notes: Sequence[str] = ()) -> None:
+    """Prints the pixels per class, the classes that never occur, the photos read converted and every problem."""
     total = max(int(counts.sum()), 1)
     print(f"images scanned: {num_images} (samples with missing files are listed under problems)")
     print("pixels per class:")
@@ -102,6 +108,10 @@ def print_report(num_images: int, counts: np.ndarray, class_names: list[str], pr
           f"{100 * counts[IGNORE_INDEX] / total:6.2f}%")
     absent = [name for index, name in enumerate(class_names) if counts[index] == 0]
     print(f"classes that never occur: {', '.join(absent) if absent else 'none'}")
+    if notes:
+        print(f"photos converted to 8 bits as they are read: {len(notes)}")
+        for note in notes:
+            print(f"  {note}")
     print(f"problems: {len(problems)}")
     for problem in problems:
         print(f"  {problem}")
@@ -123,9 +133,10 @@ def check_split(name: str, data_path: PathLike, split: str, workers: int,
     spec = dataset_spec(name)
     pairs, problems = spec.pairs(data_path, split)
     class_names = spec.class_names(Path(data_path))
-    counts, bad = scan_split(pairs, class_names, workers, progress=progress, label_map=spec.label_map)
+    notes: list[str] = []
+    counts, bad = scan_split(pairs, class_names, workers, progress=progress, label_map=spec.label_map, notes=notes)
     problems = problems + bad
-    print_report(len(pairs), counts, class_names, problems)
+    print_report(len(pairs), counts, class_names, problems, notes)
     if save_counts:
         report = {"class_names": class_names, "counts": counts[:len(class_names)].tolist(),
                   "ignored": int(counts[IGNORE_INDEX])}
