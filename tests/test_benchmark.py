@@ -7,6 +7,8 @@ interpreter and torch start-up.
 """
 import importlib.util
 import json
+import os
+import shlex
 import subprocess
 import sys
 import time
@@ -15,9 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import my_dataset
+import train_multi_GPU
 import train_utils.train_eval as train_eval
 from core.runtime import resolve_runtime
 from tools.benchlib.flops import datasheet_peak
+from tools.benchlib.summary import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "benchmark.py"
@@ -205,3 +210,43 @@ def test_user_errors_are_one_line(tool, capsys, args, message):
 ])
 def test_datasheet_peaks(name, kind, peak):
     assert datasheet_peak(name, kind) == peak
+
+
+def test_gpu_check_script_runs_valid_commands(tool, tmp_path):
+    """tools/gpu_check.sh cannot run here (no GPU): its dry run's commands must parse, and cover every mode."""
+    result = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), str(tmp_path)], cwd=ROOT, text=True,
+                            capture_output=True, timeout=120, env={**os.environ, "DRY_RUN": "1",
+                                                                   "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line[4:]) for line in result.stdout.splitlines() if line.startswith("RUN ")]
+    modes = []
+    for argv in commands:
+        if argv[1] == "tools/benchmark.py":
+            modes.append(tool.resolve_args(tool.parse_args(argv[2:])).mode)
+        elif argv[1] == "my_dataset.py":
+            assert my_dataset.parse_args(argv[2:]).command == "demo"
+        else:
+            assert argv[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=2" in argv
+            script = argv.index("train_multi_GPU.py")
+            assert train_multi_GPU.parse_args(argv[script + 1:]).epochs == 1
+    assert sorted(modes) == ["data", "eval", "infer", "predict", "train", "train"]
+
+
+def test_gpu_summary_judges_the_goals(tmp_path):
+    """The verdicts of tools.benchlib.summary on hand-made results: met and missed goals, a failed check."""
+    files = {"train": {"ratio": {"images_per_s": 2.4, "peak_memory": 0.7}},
+             "eval": {"ratio": {"images_per_s": 3.5}, "check": {"fp32_equal": True}},
+             "predict": {"ratio": {"images_per_s": 2.9}, "check": {"masks_equal": False}},
+             "data": {"loader": [{"workers": 1, "gpu_ratio": 0.1, "ratio": {"ours_vs_baseline": 1.6}},
+                                 {"workers": 16, "gpu_ratio": 1.7, "ratio": {"ours_vs_baseline": 1.4}}],
+                      "check": {"masks_equal": True, "images_within_rounding": True}}}
+    for name, data in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    text, ok = summary(tmp_path)
+    assert not ok and "| masks identical to one at a time | NO |" in text
+    assert "| train images/s, ours / baseline | 2.4 | >= 2 | met |" in text
+    assert "| train peak memory, ours / baseline | 0.7 | <= 0.6 | missed |" in text
+    assert "| folder prediction images/s, ours / one at a time | 2.9 | >= 3 | missed |" in text
+    assert "| loader images/s with 16 workers / GPU step rate | 1.7 | >= 1.5 | met |" in text
+    assert "| loader images/s per worker, ours / torchvision's pipeline | 1.6 | >= 1.5 | met |" in text
+    assert "| infer latency, ours / baseline | missing |" in text

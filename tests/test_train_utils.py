@@ -13,6 +13,7 @@ from core.checkpoint import Checkpoint, save_checkpoint
 from core.platform import append_jsonl, append_text, atomic_copy, atomic_write, nan_to_none
 from train_utils import (ConfusionMatrix, EvalBatchSampler, NonFiniteLossError, SeededDataset, TrainOptions,
                          TrainSampler, create_lr_scheduler, evaluate, get_rng_state, set_rng_state, train_one_epoch)
+from train_utils.distributed import choose_backend
 
 
 # ------------------------------------------------------------------------------------------------ samplers
@@ -269,3 +270,19 @@ def test_atomic_copy_survives_replacing_the_source(tmp_path):
     assert torch.load(best, weights_only=True)["epoch"] == 1
     assert torch.load(last, weights_only=True)["epoch"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
+
+
+# ------------------------------------------------------------------------------------------- distributed
+
+def test_backend_is_gloo_when_processes_share_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    cuda = torch.device("cuda", 0)
+    assert choose_backend(cuda, 1) == "nccl"
+    assert choose_backend(cuda, 2) == "gloo"  # NCCL refuses two ranks on one GPU
+    assert choose_backend(torch.device("cpu"), 1) == "gloo"
+
+
+def test_nan_to_none_maps_infinities_too():
+    data = {"loss": math.inf, "low": -math.inf, "ok": [1.5, math.nan]}
+    assert nan_to_none(data) == {"loss": None, "low": None, "ok": [1.5, None]}
