@@ -286,8 +286,9 @@ def append_text(path: PathLike, text: str) -> None:
 
 
 def nan_to_none(obj: Any) -> Any:
-    """NaN floats (anywhere in dicts, lists, tuples) to None, so that json.dumps writes strict JSON."""
-    if isinstance(obj, float) and obj != obj:
+    """NaN and infinite floats (anywhere in dicts, lists, tuples) to None, so that json.dumps writes strict
+    JSON (which has neither)."""
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
         return None
     if isinstance(obj, dict):
         return {k: nan_to_none(v) for k, v in obj.items()}

@@ -22,8 +22,8 @@ from .labelme import import_labelme
 from .collate import collate_fn
 from .datasets import Sample, SegmentationDataset, SegmentationFolder, Transforms, VOCSegmentation, own_class_file
 from .demo import DEMO_CLASSES, boundary_band, make_demo_dataset, make_demo_sample
-from .io import (IMAGE_EXTENSIONS, check_label_map, check_mask_values, image_size, label_counts, make_label_map,
-                 read_image, read_mask, save_mask)
+from .io import (DECODERS, IMAGE_EXTENSIONS, check_label_map, check_mask_values, image_note, image_size,
+                 label_counts, make_label_map, read_image, read_mask, save_mask)
 from .pairs import (Pair, complete_pairs, folder_pairs, missing_files, raise_if_missing, read_split_ids, voc_dir,
                     voc_pairs)
 from .registry import (DATASETS, DatasetSpec, build_dataset, build_from_pairs, dataset_spec, find_folder_pairs,
@@ -39,7 +39,8 @@ __all__ = [
     "collate_fn",
     "Sample", "SegmentationDataset", "SegmentationFolder", "Transforms", "VOCSegmentation", "own_class_file",
     "DEMO_CLASSES", "boundary_band", "make_demo_dataset", "make_demo_sample",
-    "IMAGE_EXTENSIONS", "check_label_map", "check_mask_values", "image_size", "label_counts", "make_label_map",
+    "DECODERS", "IMAGE_EXTENSIONS", "check_label_map", "check_mask_values", "image_note", "image_size",
+    "label_counts", "make_label_map",
     "read_image", "read_mask", "save_mask",
     "Pair", "complete_pairs", "folder_pairs", "missing_files", "raise_if_missing", "read_split_ids", "voc_dir",
     "voc_pairs",

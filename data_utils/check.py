@@ -11,14 +11,15 @@ from core.constants import IGNORE_INDEX
 from core.palette import PathLike
 from core.platform import atomic_write
 from .datasets import SegmentationDataset
-from .io import label_counts, read_mask
+from .io import image_note, label_counts, read_mask
 from .pairs import Pair
 from .registry import dataset_spec
 
 
 class _ScanItems(Dataset):
-    """Yields (mask value counts, problem) per sample instead of raising, so one bad file does not end a scan.
-    With `masks_only`, only the masks are read (pixel counts, no check of the images)."""
+    """Yields (mask value counts, problem, note) per sample instead of raising, so one bad file does not end a
+    scan; the note says what reading did to a 16-bit or float photo. With `masks_only`, only the masks are read
+    (pixel counts, no check of the images)."""
 
     def __init__(self, dataset: SegmentationDataset, masks_only: bool = False) -> None:
         self.dataset, self.masks_only = dataset, masks_only
@@ -26,14 +27,14 @@ class _ScanItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str, str]:
         try:
             if self.masks_only:
-                return label_counts(self.dataset.load_mask(index)), ""
+                return label_counts(self.dataset.load_mask(index)), "", ""
             _, mask = self.dataset.load(index)
         except (FileNotFoundError, ValueError) as e:
-            return np.zeros(256, dtype=np.int64), str(e)
-        return label_counts(mask.numpy()), ""
+            return np.zeros(256, dtype=np.int64), str(e), ""
+        return label_counts(mask.numpy()), "", image_note(self.dataset.pairs[index][0])
 
 
 class _MaskCounts(Dataset):
@@ -77,37 +78,43 @@ def class_pixel_counts(dataset: SegmentationDataset, indices: Sequence[int], wor
 
 def scan_split(pairs: list[Pair], class_names: list[str], workers: int, masks_only: bool = False,
                progress: bool = True, label_map: Optional[np.ndarray] = None,
-               unlabelled: Optional[list[str]] = None) -> tuple[np.ndarray, list[str]]:
+               unlabelled: Optional[list[str]] = None,
+               notes: Optional[list[str]] = None) -> tuple[np.ndarray, list[str]]:
     """Counts of each mask value over all pairs and one problem line per unreadable or invalid pair (with
     `masks_only`, the images are not read). `label_map` (raw value -> train id) is applied to each mask; the
-    mask files in which every pixel is IGNORE_INDEX are appended to `unlabelled` when it is given."""
+    mask files in which every pixel is IGNORE_INDEX are appended to `unlabelled`, and a line per photo that
+    was read converted (16-bit, float) to `notes`, when they are given."""
     if not pairs:
         return np.zeros(256, dtype=np.int64), []
     return scan_dataset(SegmentationDataset(pairs, class_names, label_map=label_map), workers, masks_only, progress,
-                        unlabelled)
+                        unlabelled, notes)
 
 
 def scan_dataset(dataset: SegmentationDataset, workers: int, masks_only: bool = False, progress: bool = True,
-                 unlabelled: Optional[list[str]] = None) -> tuple[np.ndarray, list[str]]:
+                 unlabelled: Optional[list[str]] = None,
+                 notes: Optional[list[str]] = None) -> tuple[np.ndarray, list[str]]:
     """Counts of each mask value over every sample of `dataset` and one problem line per unreadable or invalid
     sample (with `masks_only`, the images are not read); samples without a labelled pixel are appended to
-    `unlabelled` when it is given."""
+    `unlabelled`, photos read converted to `notes`, when they are given."""
     counts, problems = np.zeros(256, dtype=np.int64), []
     items = _ScanItems(dataset, masks_only)
     loader = DataLoader(items, batch_size=None, num_workers=workers, collate_fn=_unbatched)
-    for index, (item_counts, problem) in enumerate(tqdm(loader, desc="scanning", unit="img", disable=not progress)):
+    loop = tqdm(loader, desc="scanning", unit="img", disable=not progress)
+    for index, (item_counts, problem, note) in enumerate(loop):
         counts += item_counts
         if problem:
             problems.append(problem)
         elif unlabelled is not None and not item_counts[:IGNORE_INDEX].any():
             unlabelled.append(str(dataset.pairs[index][1]))
+        if note and notes is not None:
+            notes.append(note)
     return counts, problems
 
 
 def print_report(num_images: int, counts: np.ndarray, class_names: list[str], problems: list[str],
-                 unlabelled: Sequence[str] = ()) -> None:
-    """Prints the pixels per class, the classes that never occur, the masks without a labelled pixel and
-    every problem."""
+                 unlabelled: Sequence[str] = (), notes: Sequence[str] = ()) -> None:
+    """Prints the pixels per class, the classes that never occur, the masks without a labelled pixel, the
+    photos read converted and every problem."""
     total = max(int(counts.sum()), 1)
     print(f"images scanned: {num_images} (samples with missing files are listed under problems)")
     print("pixels per class:")
@@ -124,6 +131,10 @@ def print_report(num_images: int, counts: np.ndarray, class_names: list[str], pr
         print(f"  {path}")
     if len(unlabelled) > 20:
         print(f"  ... and {len(unlabelled) - 20} more")
+    if notes:
+        print(f"photos converted to 8 bits as they are read: {len(notes)}")
+        for note in notes:
+            print(f"  {note}")
     print(f"problems: {len(problems)}")
     for problem in problems:
         print(f"  {problem}")
@@ -146,12 +157,13 @@ def check_split(name: str, data_path: PathLike, split: str, workers: int,
     pairs, problems = spec.pairs(data_path, split)
     class_names = spec.class_names(Path(data_path))
     unlabelled: list[str] = []
+    notes: list[str] = []
     counts, bad = np.zeros(256, dtype=np.int64), []
     if pairs:
         counts, bad = scan_dataset(spec.dataset_of(data_path, pairs), workers, progress=progress,
-                                   unlabelled=unlabelled)
+                                   unlabelled=unlabelled, notes=notes)
     problems = problems + bad
-    print_report(len(pairs), counts, class_names, problems, unlabelled)
+    print_report(len(pairs), counts, class_names, problems, unlabelled, notes)
     if save_counts:
         report = {"class_names": class_names, "counts": counts[:len(class_names)].tolist(),
                   "ignored": int(counts[IGNORE_INDEX])}

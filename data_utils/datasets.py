@@ -37,7 +37,11 @@ class SegmentationDataset(Dataset):
         label_map: optional (256,) uint8 table, raw mask value -> train id (IGNORE_INDEX = ignore), applied
             as each mask is read, before its values are checked.
         palette: colours of the 256 mask values, for saving masks and predictions of this dataset.
+
+    `decoder` ("torchvision" or "pil", see data_utils.io.read_image) picks who decodes the files.
     """
+
+    decoder = "torchvision"
 
     def __init__(self, pairs: Sequence[tuple[PathLike, PathLike]], class_names: Sequence[str],
                  transforms: Optional[Transforms] = None, label_map: Optional[np.ndarray] = None,
@@ -59,12 +63,12 @@ class SegmentationDataset(Dataset):
 
     def load_mask(self, index: int) -> np.ndarray:
         """Mask `index` as (H, W) uint8 train ids (label map applied), not checked."""
-        return read_mask(self.pairs[index][1], self.label_map)
+        return read_mask(self.pairs[index][1], self.label_map, self.decoder)
 
     def load(self, index: int) -> Sample:
         """Sample `index` before transforms, checked: same image and mask size, valid mask values."""
         image_path, mask_path = self.pairs[index]
-        image, mask = read_image(image_path), self.load_mask(index)
+        image, mask = read_image(image_path, self.decoder), self.load_mask(index)
         if tuple(image.shape[1:]) != mask.shape:
             raise ValueError(f"image {image_path} is {image.shape[1]}x{image.shape[2]} (HxW) but its mask "
                              f"{mask_path} is {mask.shape[0]}x{mask.shape[1]}; a mask must have its image's size")

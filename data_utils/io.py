@@ -2,13 +2,20 @@
 
 Photos come back as a viewer shows them: their EXIF orientation is applied. Masks are not rotated: they
 are PNGs drawn over the photo as displayed, and a PNG mask's own EXIF data, if any, is ignored.
+
+JPEG photos and 8-bit grayscale or palette PNG masks are decoded by torchvision.io (libjpeg-turbo, libpng),
+which gives the same pixels as PIL in less time (tools/benchmark.py --mode data compares them); every other
+file, and any file torchvision refuses, goes through PIL, which also words the errors. `decoder="pil"` reads
+everything with PIL. 16-bit photos are scaled to 8 bits (v * 255 / 65535, rounded) instead of being clipped,
+floating-point photos are read as 0..1 (scaled to 0..255) and refused outside that range.
 """
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import IO, Mapping, Optional, Union
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, PngImagePlugin
+from torchvision.io import ImageReadMode, decode_jpeg, decode_png, read_file
 
 from core.constants import IGNORE_INDEX
 from core.palette import VOC_PALETTE, Palette, PathLike, check_palette
@@ -21,6 +28,12 @@ _SWAPS_SIDES = {5, 6, 7, 8}
 
 # PIL reports truncated or corrupt data as OSError, broken PNG chunks as SyntaxError.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError)
+
+DECODERS = ("torchvision", "pil")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# PIL's modes of 16-bit grayscale pixels.
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _open(path: PathLike) -> Image.Image:
@@ -67,13 +80,49 @@ def _stored_size(image: Image.Image) -> tuple[int, int]:
     return image.size
 
 
-def read_image(path: PathLike) -> torch.Tensor:
-    """A photo as a uint8 (3, H, W) tensor, turned as a viewer shows it (EXIF orientation applied);
-    grayscale, CMYK, palette and RGBA files are converted to RGB.
+def _check_decoder(decoder: str) -> None:
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
 
-    Args:
-        path: image file.
-    """
+
+def _png_header(data: bytes) -> Optional[tuple[int, int]]:
+    """(bit depth, colour type) from a PNG's IHDR chunk, or None if `data` does not start like a PNG."""
+    if len(data) < 26 or not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR":
+        return None
+    return data[24], data[25]
+
+
+def _scale_16bit(values: np.ndarray) -> np.ndarray:
+    """uint16 values -> uint8, v * 255 / 65535 rounded (0 -> 0, 65535 -> 255), instead of clipping at 255."""
+    return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def _pil_rgb(image: Image.Image, path: PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 of a decoded PIL image: 8-bit modes converted by PIL, 16-bit and float ones scaled."""
+    if image.mode in _SIXTEEN_BIT or (image.mode == "I" and image.format == "PNG"):  # PNG: at most 16 bits
+        return _gray_to_rgb(_scale_16bit(np.asarray(image)))
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not (np.isfinite(values).all() and 0.0 <= low and high <= 1.0):
+            raise ValueError(f"{path} is a floating-point image with values in [{low:g}, {high:g}]: only 0..1 "
+                             f"floats are read (as 0..255); rescale it to 0..1 or save it as an 8-bit image")
+        return _gray_to_rgb(np.round(values * 255).astype(np.uint8))
+    if image.mode in ("I", "I;32", "I;32B", "I;32L", "I;32S"):
+        raise ValueError(f"{path} is a 32-bit integer image, whose scale is unknown: save it as an 8-bit (or "
+                         f"16-bit) image")
+    try:
+        return np.array(image.convert("RGB"))
+    except _PIL_ERRORS as e:
+        raise ValueError(f"cannot convert {path} (mode {image.mode}) to RGB: {e}; "
+                         f"save it as an 8-bit JPEG or PNG") from e
+
+
+def _read_image_pil(path: PathLike) -> torch.Tensor:
     image = _open(path)
     with image:
         _decode(image, path)
@@ -82,14 +131,73 @@ def read_image(path: PathLike) -> torch.Tensor:
         except _PIL_ERRORS as e:
             raise ValueError(f"cannot apply the EXIF orientation of {path}: {e}; re-save the photo without EXIF "
                              f"data or replace it") from e
-        try:
-            rgb = np.array(image.convert("RGB"))
-        except _PIL_ERRORS as e:
-            raise ValueError(f"cannot convert {path} (mode {image.mode}) to RGB: {e}; "
-                             f"save it as an 8-bit JPEG or PNG") from e
+        rgb = _pil_rgb(image, path)
     # (H, W, 3) -> (3, H, W) as a view: torchvision's uint8 resize is fastest on this layout, and batching
     # (collate_fn) makes the batch contiguous anyway.
     return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+def _read_bytes(path: PathLike) -> torch.Tensor:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found")
+    return read_file(str(path))
+
+
+def _read_image_torchvision(path: PathLike) -> Optional[torch.Tensor]:
+    """A JPEG or 16-bit PNG photo decoded by torchvision (EXIF orientation applied), or None for other files
+    and for files torchvision refuses (PIL then reads them, or words the problem)."""
+    data = _read_bytes(path)
+    head = bytes(data[:32].numpy())
+    try:
+        if head.startswith(_JPEG_MAGIC):
+            image = decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+            if not image.permute(1, 2, 0).is_contiguous():  # turned by EXIF: back to the (H, W, 3) layout
+                image = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+            return image  # a (3, H, W) view of (H, W, 3) pixels, as from PIL (see _read_image_pil)
+        png = _png_header(head)
+        if png is not None and png[0] == 16:  # PIL would clip (gray) or truncate (colour) these to 8 bits
+            values = decode_png(data, apply_exif_orientation=True).numpy()  # (C, H, W) uint16, C = 1..4
+            gray = values.shape[0] <= 2  # gray, gray + alpha
+            rgb = _gray_to_rgb(_scale_16bit(values[0])) if gray else _scale_16bit(values[:3]).transpose(1, 2, 0)
+            return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    except RuntimeError:
+        return None
+    return None
+
+
+def read_image(path: PathLike, decoder: str = "torchvision") -> torch.Tensor:
+    """A photo as a uint8 (3, H, W) tensor, turned as a viewer shows it (EXIF orientation applied);
+    grayscale, CMYK, palette and RGBA files are converted to RGB, 16-bit files scaled to 8 bits, float files
+    read as 0..1.
+
+    Args:
+        path: image file.
+        decoder: "torchvision" (JPEG and 16-bit PNG by torchvision.io, the rest by PIL) or "pil" (all by PIL).
+    """
+    _check_decoder(decoder)
+    if decoder == "torchvision":
+        image = _read_image_torchvision(path)
+        if image is not None:
+            return image
+    return _read_image_pil(path)
+
+
+def image_note(path: PathLike) -> str:
+    """What read_image does to the file beyond decoding it, from its header alone: "" for an ordinary 8-bit
+    photo, else one line for `my_dataset.py check` (16-bit values scaled to 8 bits, floats read as 0..1)."""
+    image = _open(path)
+    with image:
+        mode, fmt = image.mode, image.format
+    if fmt == "PNG":
+        with open(path, "rb") as f:
+            png = _png_header(f.read(26))
+        if png is not None and png[0] == 16:
+            return f"{path}: 16-bit PNG, read scaled to 8 bits (v * 255 / 65535)"
+    if mode in _SIXTEEN_BIT:
+        return f"{path}: 16-bit image, read scaled to 8 bits (v * 255 / 65535)"
+    if mode == "F":
+        return f"{path}: floating-point image, read as 0..1 scaled to 0..255 (refused outside 0..1)"
+    return ""
 
 
 def image_size(path: PathLike) -> tuple[int, int]:
@@ -128,39 +236,60 @@ def make_label_map(train_ids: Mapping[int, int]) -> np.ndarray:
     return table
 
 
-def read_mask(path: PathLike, label_map: Optional[np.ndarray] = None) -> np.ndarray:
+def _read_mask_torchvision(path: PathLike) -> Optional[np.ndarray]:
+    """An 8-bit grayscale or palette PNG's values decoded by torchvision (no EXIF orientation), or None for
+    every other file (PIL reads those, and words the problems)."""
+    data = _read_bytes(path)
+    png = _png_header(bytes(data[:26].numpy()))
+    if png is None or png[0] != 8 or png[1] not in (0, 3):  # 8-bit gray (0) or palette (3) only
+        return None
+    try:
+        return decode_png(data, mode=ImageReadMode.UNCHANGED)[0].numpy()  # palette indices, not colours
+    except RuntimeError:
+        return None
+
+
+def _read_mask_pil(path: PathLike) -> np.ndarray:
+    image = _open(path)
+    with image:
+        _decode(image, path)
+        if image.mode == "1":  # 1-bit masks (binary segmentation): 0 and 1
+            return np.array(image, dtype=np.uint8)
+        if image.mode in ("I", *_SIXTEEN_BIT):
+            raise ValueError(f"mask {path} is a 16/32-bit image: save it as an 8-bit grayscale or palette PNG of "
+                             f"class indices (my_dataset.save_mask)")
+        if image.mode not in ("P", "L"):
+            raise ValueError(f"mask {path} has mode {image.mode}: masks must be palette or grayscale PNGs of "
+                             f"class indices, not colour images; map each colour to its class index "
+                             f"(e.g. with VOC_PALETTE) and save with my_dataset.save_mask")
+        return np.array(image)
+
+
+def read_mask(path: PathLike, label_map: Optional[np.ndarray] = None, decoder: str = "torchvision") -> np.ndarray:
     """Class indices (H, W) uint8 from a palette ("P"), grayscale ("L") or 1-bit ("1") PNG, as stored: masks
     are drawn in the photo's displayed orientation, so no EXIF orientation is applied.
 
     Args:
         path: mask file.
         label_map: optional (256,) uint8 table, raw value -> train id, applied to every pixel.
+        decoder: "torchvision" (8-bit PNGs by torchvision.io, the rest by PIL) or "pil" (all by PIL).
     """
-    image = _open(path)
-    with image:
-        _decode(image, path)
-        if image.mode == "1":  # 1-bit masks (binary segmentation): 0 and 1
-            mask = np.array(image, dtype=np.uint8)
-        elif image.mode in ("I", "I;16", "I;16B", "I;16L"):
-            raise ValueError(f"mask {path} is a 16/32-bit image: save it as an 8-bit grayscale or palette PNG of "
-                             f"class indices (my_dataset.save_mask)")
-        elif image.mode not in ("P", "L"):
-            raise ValueError(f"mask {path} has mode {image.mode}: masks must be palette or grayscale PNGs of "
-                             f"class indices, not colour images; map each colour to its class index "
-                             f"(e.g. with VOC_PALETTE) and save with my_dataset.save_mask")
-        else:
-            mask = np.array(image)
+    _check_decoder(decoder)
+    mask = _read_mask_torchvision(path) if decoder == "torchvision" else None
+    if mask is None:
+        mask = _read_mask_pil(path)
     if label_map is None:
         return mask
     return check_label_map(label_map, f"label map for {path}")[mask]
 
 
-def save_mask(mask: Union[np.ndarray, torch.Tensor], path: PathLike, palette: Palette = VOC_PALETTE) -> None:
+def save_mask(mask: Union[np.ndarray, torch.Tensor], path: Union[PathLike, IO[bytes]],
+              palette: Palette = VOC_PALETTE) -> None:
     """Writes class indices as a palette PNG, by default with VOC_PALETTE (the colours VOC masks use).
 
     Args:
         mask: (H, W) uint8 class indices.
-        path: PNG file to write.
+        path: PNG file to write, or a binary file object (e.g. from core.platform.atomic_write).
         palette: flat list of 768 ints, the colour of each of the 256 values.
     """
     if isinstance(mask, torch.Tensor):
@@ -171,7 +300,7 @@ def save_mask(mask: Union[np.ndarray, torch.Tensor], path: PathLike, palette: Pa
                          f"got shape {mask.shape} and dtype {mask.dtype}")
     image = Image.fromarray(mask)
     image.putpalette(check_palette(palette, f"palette for {path}"))  # turns "L" into "P" with the same indices
-    image.save(path)
+    image.save(path, format="PNG")
 
 
 def label_counts(mask: np.ndarray) -> np.ndarray:

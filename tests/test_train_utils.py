@@ -18,6 +18,7 @@ from src import build_model
 from train_utils import (ConfusionMatrix, EvalBatchSampler, NonFiniteLossError, SeededDataset, TrainOptions,
                          TrainSampler, create_lr_scheduler, evaluate, get_rng_state, normalize, set_rng_state,
                          train_one_epoch)
+from train_utils.distributed import choose_backend
 from train_utils.freeze import BackboneFreeze
 
 
@@ -379,3 +380,19 @@ def test_freeze_backbone_holds_the_pretrained_layers_only():
                            for kind in ("weight", "bias")}
     freeze.set_epoch(1)  # the fixed bilinear upsampling layers stay fixed
     assert trains(vgg) == {n for n, _ in vgg.named_parameters() if not n.startswith("upscore")}
+
+
+# ------------------------------------------------------------------------------------------- distributed
+
+def test_backend_is_gloo_when_processes_share_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    cuda = torch.device("cuda", 0)
+    assert choose_backend(cuda, 1) == "nccl"
+    assert choose_backend(cuda, 2) == "gloo"  # NCCL refuses two ranks on one GPU
+    assert choose_backend(torch.device("cpu"), 1) == "gloo"
+
+
+def test_nan_to_none_maps_infinities_too():
+    data = {"loss": math.inf, "low": -math.inf, "ok": [1.5, math.nan]}
+    assert nan_to_none(data) == {"loss": None, "low": None, "ok": [1.5, None]}

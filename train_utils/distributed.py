@@ -51,7 +51,7 @@ def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800) -
     torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; under srun, SLURM_PROCID,
     SLURM_NTASKS and SLURM_LOCALID stand in for the first three and MASTER_ADDR/MASTER_PORT must be exported.
     Without any of them this is one process. The backend is NCCL on CUDA and Gloo elsewhere: on the CPU, on
-    Apple GPUs, and on Windows, whose PyTorch builds have no NCCL.
+    Apple GPUs, on Windows, whose PyTorch builds have no NCCL, and for several processes on one GPU.
     """
     rank = _env_int("RANK", "SLURM_PROCID") or 0
     world_size = _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1
@@ -63,11 +63,19 @@ def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800) -
             if var not in os.environ:
                 raise ValueError(f"{var} is not set: launch with torchrun, or export MASTER_ADDR/MASTER_PORT "
                                  f"for srun")
-        backend = "nccl" if dev.type == "cuda" and dist.is_nccl_available() else "gloo"
+        backend = choose_backend(dev, _env_int("LOCAL_WORLD_SIZE") or 1)
         kwargs = {"device_id": dev} if backend == "nccl" else {}
         dist.init_process_group(backend, store=_attempt_store(rank, world_size, timeout_s), rank=rank,
                                 world_size=world_size, timeout=timedelta(seconds=timeout_s), **kwargs)
     return info
+
+
+def choose_backend(device: torch.device, local_world_size: int = 1) -> str:
+    """NCCL for CUDA devices, Gloo elsewhere, and Gloo also when this node runs more processes than it has
+    GPUs: NCCL refuses two ranks on one GPU, Gloo shares it (to check multi-process runs on a 1-GPU machine)."""
+    if device.type != "cuda" or not dist.is_nccl_available():
+        return "gloo"
+    return "nccl" if local_world_size <= torch.cuda.device_count() else "gloo"
 
 
 def _attempt_store(rank: int, world_size: int, timeout_s: int) -> dist.Store:

@@ -109,13 +109,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
     prior_loss_sum, prior_steps, prior_empty = (tuple(prior) + (0,))[:3]
     steps, empty, interrupted, mean_loss, t0 = 0, 0, False, math.nan, time.perf_counter()
     for step, (images, targets) in enumerate(loader, start=start_step):
-        check_target(targets, opts.num_classes)  # CPU batch: no device sync
-        empty += int(not bool((targets != IGNORE_INDEX).any()))  # the CPU batch again: still no sync
-        images = prepare_images(images, device, opts.channels_last)
-        targets = targets.to(device, non_blocking=True)
-        loss = train_step(model, optimizer, images, targets, device, opts)
-        lr_scheduler.step()
-        loss = loss.detach()
+        empty += int(not bool((targets != IGNORE_INDEX).any()))  # the CPU batch: no device sync
+        loss = train_batch(model, optimizer, images, targets, device, lr_scheduler, opts)
         loss_sum += loss
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
         steps += 1
@@ -140,6 +135,19 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
     empty = int(all_reduce_sum(torch.tensor(empty, device=device)).item()) + prior_empty
     return EpochResult(mean_loss, optimizer.param_groups[0]["lr"], steps, images_seen / max(elapsed, 1e-9),
                        interrupted, loss_sum.item() + prior_loss_sum, steps + prior_steps, empty)
+
+
+def train_batch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, targets: torch.Tensor,
+                device: torch.device, lr_scheduler, opts: TrainOptions) -> torch.Tensor:
+    """What train_one_epoch does with each loader batch (and tools/benchmark.py times): checks the host masks,
+    moves the uint8 batch to the device and normalises it there, takes one optimizer step and one scheduler
+    step. Returns the detached loss on the device, unread (no host sync)."""
+    check_target(targets, opts.num_classes)  # CPU batch: no device sync
+    images = prepare_images(images, device, opts.channels_last)
+    targets = targets.to(device, non_blocking=True)
+    loss = train_step(model, optimizer, images, targets, device, opts)
+    lr_scheduler.step()
+    return loss.detach()
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
