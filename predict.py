@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from core.cli import (ArgumentParser, HelpFormatter, add_config_flags, non_negative_int, parse_with_config,
