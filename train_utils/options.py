@@ -75,8 +75,8 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
       help="ImageNet weights for the backbone: a local torchvision .pth file, auto (torchvision's cache or "
            "download), or none")
     p("--resume", default=None, metavar="PATH|auto",
-      help="resume a run from a checkpoint; auto = last.pth in --output-dir (a new run if the folder holds no run; "
-           "refused if it holds best.pth or records but no last.pth)")
+      help="resume a run from a checkpoint; auto = last.pth in --output-dir (a new run if the folder holds no checkpoint; "
+           "refused if it holds best.pth but no last.pth)")
     p("--overwrite", action="store_true",
       help="start a new run in an --output-dir that already holds one (its checkpoints get replaced)")
     p("--stop-after-epochs", type=positive_int, default=None,

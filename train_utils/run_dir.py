@@ -97,16 +97,17 @@ def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int) -> T
     restarting = elastic_restart_count() > 0
     # Everything below reads and changes the directory: only as its owner, so no other run interleaves.
     claim_run_dir(out, wait_s=60.0 if restarting else 0.0)
-    existing = run_files(out)
+    # Records without any checkpoint are those of a run that died before its first one: a new run replaces them.
+    existing = [n for n in CHECKPOINTS if (out / n).exists()]
     if existing and not (args.resume or args.overwrite or restarting):
         raise UsageError(f"--output-dir {out} already holds a run ({', '.join(existing)}); pass --resume auto to "
                          f"continue it, --overwrite to start over, or choose another --output-dir")
     resumable = (out / "last.pth").is_file()
     if args.resume == "auto" and not resumable and existing and not (args.overwrite or restarting):
         # Starting afresh here would wipe the records and replace best.pth with an epoch-0 model.
-        raise UsageError(f"--resume auto: --output-dir {out} holds a run ({', '.join(existing)}) but no last.pth "
-                         f"to continue from; resume from another checkpoint (--resume {out / 'best.pth'}), start "
-                         f"over with --overwrite, or choose another --output-dir")
+        raise UsageError(f"--resume auto: --output-dir {out} holds a run ({', '.join(run_files(out))}) but no "
+                         f"last.pth to continue from; resume from another checkpoint (--resume {out / 'best.pth'}), "
+                         f"start over with --overwrite, or choose another --output-dir")
     if existing and args.overwrite and not (args.resume and resumable):
         (out / LOG_FILE).unlink(missing_ok=True)  # a new log; the records are rewound by the recorders
     notes = remove_orphaned_temporaries(out)
