@@ -16,7 +16,7 @@ from my_dataset import make_demo_dataset
 from src import build_model
 from train_utils import ConfusionMatrix, TrainSampler, trainer
 from train_utils.options import check_args
-from train_utils.train_eval import EpochResult
+from train_utils.train_eval import EpochResult, Evaluation
 
 # Crops of 32 px from images of 64: a quarter of the pixels of test_cli's runs, each epoch two batches of two.
 TINY = ["--pretrained-backbone", "none", "--base-size", "32", "--crop-size", "32", "-b", "2", "-j", "0",
@@ -92,11 +92,11 @@ def scripted(monkeypatch):
     def no_training(model, optimizer, loader, device, epoch, *args, **kwargs):
         return EpochResult(1.0, 0.01, len(loader), 1.0, total_steps=len(loader))
 
-    def evaluate(model, loader, device, num_classes, *args, desc="", **kwargs):
-        return ScriptedMatrix(num_classes, SCRIPT[int(desc.split()[-1])])
+    def run_evaluation(model, loader, device, num_classes, *args, desc="", **kwargs):
+        return Evaluation(ScriptedMatrix(num_classes, SCRIPT[int(desc.split()[-1])]), 1.0)
 
     monkeypatch.setattr(trainer, "train_one_epoch", no_training)
-    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    monkeypatch.setattr(trainer, "run_evaluation", run_evaluation)
 
 
 def test_early_stop_stops_at_the_right_epoch_and_keeps_best(demo, tmp_path, scripted):
