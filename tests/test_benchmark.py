@@ -149,6 +149,9 @@ def test_data_times_three_pipelines_and_checks_the_decoders(tool, tmp_path):
             assert v["images_per_s_per_worker"] == pytest.approx(v["images_per_s"] / max(r["workers"], 1))
         ours = r["variants"]["ours"]["images_per_s"]
         assert r["ratio"]["ours_vs_baseline"] == pytest.approx(ours / r["variants"]["baseline"]["images_per_s"])
+        rounds = [o / b for o, b in zip(r["variants"]["ours"]["round_images_per_s"],
+                                        r["variants"]["baseline"]["round_images_per_s"])]
+        assert r["ratio"]["round_ours_vs_baseline"] == pytest.approx(rounds)
         assert r["gpu_ratio"] == pytest.approx(ours / 10) and r["enough_for_gpu"] == (r["gpu_ratio"] >= 1.5)
     check = data["check"]
     assert check["files"] == 8 and check["masks_equal"] and check["batch_masks_equal"]

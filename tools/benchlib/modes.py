@@ -253,9 +253,14 @@ def loader_row(args: argparse.Namespace, workers: int, warmup: int, iters: int,
                        "images_per_s_per_worker": statistics.median(r) / max(workers, 1)} for name, r in rates.items()}
     ours = variants["ours"]["images_per_s"]
     gpu = ours / args.gpu_step_rate if args.gpu_step_rate else None
+    # Per round too: a round's three measurements are adjacent in time, so their ratio cancels slow load changes.
+    per_round = {other: [o / b for o, b in zip(rates["ours"], rates[other])] for other in ("baseline", "pil")}
     return {"workers": workers, "warmup_batches": warmup, "timed_batches": iters, "variants": variants,
             "ratio": {"ours_vs_baseline": ours / variants["baseline"]["images_per_s"],
-                      "ours_vs_pil": ours / variants["pil"]["images_per_s"]},
+                      "ours_vs_pil": ours / variants["pil"]["images_per_s"],
+                      "round_ours_vs_baseline": per_round["baseline"], "round_ours_vs_pil": per_round["pil"],
+                      "median_round_ours_vs_baseline": statistics.median(per_round["baseline"]),
+                      "median_round_ours_vs_pil": statistics.median(per_round["pil"])},
             "gpu_ratio": gpu, "enough_for_gpu": None if gpu is None else gpu >= LOADER_HEADROOM}
 
 

@@ -114,13 +114,16 @@ def print_check(check: Dict[str, Any]) -> None:
 
 def print_loader(result: Dict[str, Any]) -> None:
     names = list(result["loader"][0]["variants"])
-    rows = [("workers", *(f"{n} images/s (per worker)" for n in names), "ours/baseline", "ours/pil", "loader/GPU")]
+    rows = [("workers", *(f"{n} images/s (per worker)" for n in names), "ours/baseline (round median)",
+             "ours/pil (round median)", "loader/GPU")]
     for row in result["loader"]:
         cells = [f"{v['images_per_s']:.4g} ({v['images_per_s_per_worker']:.4g})" for v in row["variants"].values()]
         gpu = "" if row["gpu_ratio"] is None else \
             f"{row['gpu_ratio']:.2f} ({'enough' if row['enough_for_gpu'] else 'too slow'})"
-        rows.append((str(row["workers"]), *cells, f"{row['ratio']['ours_vs_baseline']:.3g}x",
-                     f"{row['ratio']['ours_vs_pil']:.3g}x", gpu))
+        ratio = row["ratio"]
+        rows.append((str(row["workers"]), *cells,
+                     f"{ratio['ours_vs_baseline']:.3g}x ({ratio['median_round_ours_vs_baseline']:.3g}x)",
+                     f"{ratio['ours_vs_pil']:.3g}x ({ratio['median_round_ours_vs_pil']:.3g}x)", gpu))
     print_table(rows)
 
 
