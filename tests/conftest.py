@@ -18,6 +18,8 @@ sys.path.insert(0, str(REPO_ROOT))  # my_dataset.py, transforms.py and train_uti
 
 from my_dataset import make_demo_dataset  # noqa: E402
 
+import warm_python  # noqa: E402
+
 # Flags of the tiny CPU trainings of the end-to-end tests.
 TINY = ["--pretrained-backbone", "none", "--base-size", "64", "--crop-size", "64", "-b", "2", "-j", "0",
         "--print-freq", "1", "--device", "cpu"]
@@ -117,10 +119,17 @@ def voc2012(voc_root: Path) -> Path:
     return voc_root / "VOCdevkit" / "VOC2012"
 
 
-def run(*args, check=True, env=None, timeout=300):
-    """Runs `python *args` from the repository root, as a user would; raises with its output if it fails."""
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=timeout, env={**os.environ, **(env or {})})
+def run(*args, check=True, env=None, timeout=300, cwd=REPO_ROOT):
+    """Runs `python *args` from the repository root, as a user would; raises with its output if it fails.
+
+    A script runs in a child of tests/warm_python.py (torch already imported, the project imported fresh);
+    anything else (`-m`, `-c`) and any run with its own `env` (which may change what is imported) starts a
+    fresh interpreter."""
+    argv = list(map(str, args))
+    result = None if env else warm_python.run_script(argv, cwd, dict(os.environ), timeout)
+    if result is None:
+        result = subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True,
+                                timeout=timeout, env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result

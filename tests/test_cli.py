@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from core.checkpoint import Checkpoint, save_checkpoint
-from my_dataset import VOC_PALETTE, make_demo_dataset
+from my_dataset import VOC_PALETTE
 from src import build_model
 from train_utils import class_weights_from_counts
 

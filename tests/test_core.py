@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import run
 from core.checkpoint import (FORMAT_VERSION, Checkpoint, describe, format_version, load_checkpoint,
                              parse_checkpoint, save_checkpoint)
 from core.cli import ArgumentParser, parse_with_config
@@ -25,14 +26,6 @@ from src import build_model, model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "format1_checkpoint.pth"
-
-
-def run(*args, check=True, timeout=300):
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def runtime_args(*argv: str) -> argparse.Namespace:

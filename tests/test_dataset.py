@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from conftest import (GENERATED_SIZES, REAL_SIZE, REPO_ROOT, TRAIN_IDS, VAL_IDS, build_voc_tree, truncate,
+from conftest import (GENERATED_SIZES, REAL_SIZE, REPO_ROOT, TRAIN_IDS, VAL_IDS, build_voc_tree, run, truncate,
                       write_palette_png)
 import my_dataset
 from my_dataset import (DEMO_CLASSES, VOC_CLASSES_FILE, VOC_PALETTE, SegmentationFolder, VOCSegmentation,
@@ -39,8 +39,7 @@ def pil_mask(path: Path) -> np.ndarray:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "my_dataset.py"), *args], capture_output=True,
-                          text=True, cwd=REPO_ROOT, timeout=120)
+    return run(REPO_ROOT / "my_dataset.py", *args, check=False, timeout=120)
 
 
 # ------------------------------------------------------------------------------------- palette, class names

@@ -6,13 +6,13 @@ checkpoint here, with the aux head kept, so the tool's loading and aux stripping
 import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run
 from src import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,11 +31,10 @@ def load_tool():
 
 def run_tool(*args: str, block_onnx: Path = None) -> subprocess.CompletedProcess:
     """Runs tools/export.py; block_onnx: a folder whose fake `onnx` package fails to import."""
-    env = dict(os.environ)
+    env = None
     if block_onnx is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(block_onnx), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=REPO_ROOT)
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(block_onnx), os.environ.get("PYTHONPATH")]))}
+    return run(TOOL, *args, check=False, env=env)
 
 
 def onnx_blocker(folder: Path) -> Path:

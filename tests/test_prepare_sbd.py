@@ -8,7 +8,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from conftest import GENERATED_SIZES, REPO_ROOT, write_jpeg
+from conftest import GENERATED_SIZES, REPO_ROOT, run, write_jpeg
 from my_dataset import VOC_PALETTE, VOCSegmentation
 
 TOOL = REPO_ROOT / "tools" / "prepare_sbd.py"
@@ -46,7 +46,7 @@ def make_sbd(root: Path, voc2012: Path) -> Path:
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=120)
+    return run(TOOL, *args, check=False, timeout=120)
 
 
 def test_prepare_sbd(tmp_path, voc_root, voc2012):

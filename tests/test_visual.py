@@ -297,7 +297,7 @@ def test_validation_pictures_masks_confusion_and_worst(trained, demo, tmp_path):
     assert [w["image"] for w in data["worst"]] == worst
     assert [w["mean_iou"] for w in data["worst"]] == pytest.approx([scores[i] for i in worst])
     assert sorted(p.name for p in (save / "worst").iterdir()) == [f"1_{worst[0]}.png", f"2_{worst[1]}.png"]
-    assert f"worst 2 images by mean IoU" in result.stdout and worst[0] in result.stdout
+    assert "worst 2 images by mean IoU" in result.stdout and worst[0] in result.stdout
     for name in ("confusion.png", "per_class_iou.png"):
         picture = Image.open(save / name)
         picture.load()
