@@ -8,9 +8,12 @@ own (pid, exit code, signals, file descriptors, environment, working directory) 
 `python SCRIPT ARGS` would: `sys.argv`, `sys.path[0]` the script's folder, `__name__ == "__main__"`, an
 uncaught exception printed with its traceback and exit code 1, atexit handlers and thread joins at the end.
 The project is imported fresh by every child, so a script that would fail to import in a fresh interpreter
-fails here too (tests/test_cli.py also starts every script in a fresh interpreter, without this server).
+fails here too. What the server cannot reproduce (an environment variable read at import time, `-m` and `-c`
+runs) falls back to a fresh interpreter, as do torchrun's workers and the process-group tests of
+tests/test_reliability.py, which start train.py and train_multi_GPU.py from scratch.
 
-Set FCN_TESTS_FRESH_PYTHON=1 to run every script in a fresh interpreter instead.
+On Linux only (elsewhere every script starts a fresh interpreter). Set FCN_TESTS_FRESH_PYTHON=1 to run every
+script in a fresh interpreter on Linux too.
 
 Protocol: one JSON request per line on stdin ({"argv", "cwd", "env", "stdout", "stderr"}, the last two file
 paths), answered on stdout by {"pid": N} at the fork and {"returncode": N} at the child's end (-N for
@@ -158,7 +161,9 @@ def run_script(argv: List[str], cwd: Path, env: Dict[str, str],
                timeout: Optional[float]) -> Optional[subprocess.CompletedProcess]:
     """`python argv...` through the warm server; None where it does not apply (not a script, or turned off)."""
     global _SERVER
-    if os.environ.get("FCN_TESTS_FRESH_PYTHON") == "1" or not argv or not argv[0].endswith(".py"):
+    # Linux only: Windows has no fork, and macOS does not allow fork after some system frameworks are loaded.
+    if (sys.platform != "linux" or os.environ.get("FCN_TESTS_FRESH_PYTHON") == "1" or not argv
+            or not argv[0].endswith(".py")):
         return None
     if _SERVER is None:
         _SERVER = WarmPython()
