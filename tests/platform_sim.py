@@ -2,9 +2,9 @@
 
 Hidden: the fcntl module, os.fchmod, os.link, signal.sigtimedwait / sigwaitinfo / pthread_sigmask, as on
 Windows. An `msvcrt` module stands in for Windows' byte-range locks (implemented over the real flock, captured
-before fcntl is hidden), so the Windows locking path runs for real.
+before fcntl is hidden), so the Windows locking path runs for real. On Windows itself nothing needs hiding:
+the script just runs.
 """
-import fcntl as _real_fcntl
 import os
 import runpy
 import signal
@@ -14,6 +14,10 @@ import types
 
 
 def _install() -> None:
+    try:
+        import fcntl as _real_fcntl
+    except ImportError:  # Windows: the real msvcrt and the real absences are already there
+        return
     sys.modules["fcntl"] = None  # `import fcntl` now raises ImportError
     for name in ("fchmod", "link"):
         if hasattr(os, name):
