@@ -67,6 +67,20 @@ def check_class_names(names: Sequence[str], source: str) -> List[str]:
     return names
 
 
+def read_json_object(path: PathLike, what: str, example: str) -> dict:
+    """The non-empty JSON object in `path`, a file of `what`; the errors name the file and show `example`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} not found; give a JSON file like {example}")
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); write it like {example}") from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise ValueError(f"{path} must be a non-empty JSON object, like {example}")
+    return mapping
+
+
 def load_class_names(path: PathLike) -> List[str]:
     """Class names ordered by index, from a JSON file like pascal_voc_classes.json.
 
@@ -74,14 +88,8 @@ def load_class_names(path: PathLike) -> List[str]:
         path: JSON object mapping each name to its index ({"background": 0, ...}); indices must be 0..N-1.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"class names file {path} not found; give a JSON file like "
-                                f"{VOC_CLASSES_FILE.name} ({{\"background\": 0, ...}})")
-    try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); write it like {VOC_CLASSES_FILE.name}") from None
-    if not isinstance(mapping, dict) or not all(type(v) is int for v in mapping.values()):
+    mapping = read_json_object(path, "class names", f'{VOC_CLASSES_FILE.name} ({{"background": 0, ...}})')
+    if not all(type(v) is int for v in mapping.values()):
         raise ValueError(f"{path} must be a JSON object mapping class names to integer indices, "
                          f"like {{\"background\": 0, \"cat\": 1}}")
     if sorted(mapping.values()) != list(range(len(mapping))):

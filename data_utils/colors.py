@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.constants import IGNORE_INDEX
-from core.palette import PathLike, check_class_names, palette_from_colors
+from core.palette import PathLike, check_class_names, palette_from_colors, read_json_object
 from .io import IMAGE_EXTENSIONS, save_mask
 from .staging import check_new_folder, staged_folder
 
@@ -35,16 +35,7 @@ def _color(value: Any, where: str) -> tuple[int, int, int]:
 def load_colors(path: PathLike) -> tuple[list[str], dict[tuple[int, int, int], int]]:
     """Class names (file order) and colour -> class index (IGNORE_INDEX for "__ignore__") from colors.json."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"colours file {path} not found; write it like "
-                                f'{{"background": [0, 0, 0], "road": [128, 64, 128]}}')
-    try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(mapping, dict) or not mapping:
-        raise ValueError(f'{path} must be a JSON object mapping class names to colours, like '
-                         f'{{"background": [0, 0, 0], "road": [128, 64, 128]}}')
+    mapping = read_json_object(path, "colours", '{"background": [0, 0, 0], "road": [128, 64, 128]}')
     names = check_class_names([name for name in mapping if name != IGNORE_LABEL], str(path))
     table: dict[tuple[int, int, int], int] = {}
     for name, value in mapping.items():

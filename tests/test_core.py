@@ -20,6 +20,7 @@ from core.checkpoint import (FORMAT_VERSION, Checkpoint, describe, format_versio
                              parse_checkpoint, save_checkpoint)
 from core.cli import ArgumentParser, parse_with_config
 from core.platform import FileLock, check_writable
+from core import runtime
 from core.runtime import add_runtime_flags, resolve_device, resolve_runtime
 from data_utils import make_demo_dataset
 from src import build_model, model_from_checkpoint
@@ -41,10 +42,38 @@ def test_runtime_defaults_are_exact_fp32():
     assert (rt.device, rt.amp_dtype, rt.channels_last, rt.compile) == (torch.device("cpu"), None, False, False)
 
 
-def test_runtime_flags_turn_into_one_policy():
+def test_runtime_flags_turn_into_one_policy(monkeypatch, capsys):
+    monkeypatch.setattr(runtime, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_fp16_native", lambda: True)
     assert resolve_runtime(runtime_args("--device", "cpu", "--amp")).amp_dtype == torch.bfloat16
     rt = resolve_runtime(runtime_args("--device", "cpu", "--amp", "--amp-dtype", "fp16", "--channels-last"))
     assert rt.amp_dtype == torch.float16 and rt.channels_last and rt.memory_format == torch.channels_last
+    assert capsys.readouterr().err == ""
+
+
+def test_amp_on_a_cpu_without_bf16_hardware_stays_fp32_and_says_so(monkeypatch, capsys):
+    """Without AVX512-BF16/AMX, oneDNN's bf16 convolutions are hundreds of times slower than fp32: --amp (auto)
+    keeps fp32 with one line; a dtype asked for by name is run, with a warning."""
+    monkeypatch.setattr(runtime, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_fp16_native", lambda: False)
+    rt = resolve_runtime(runtime_args("--device", "cpu", "--amp"))
+    assert rt.amp_dtype is None and rt.precision == "float32"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no bf16 arithmetic in hardware" in err and "running in fp32" in err
+    assert resolve_runtime(runtime_args("--device", "cpu", "--amp", "--amp-dtype", "bf16")).amp_dtype == torch.bfloat16
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "far slower than fp32" in err
+    assert resolve_runtime(runtime_args("--device", "cpu", "--amp"), local_rank=1).amp_dtype is None
+    assert capsys.readouterr().err == ""  # one line per machine, from local rank 0
+
+
+def test_cpu_bf16_probe_matches_the_cpu_flags():
+    """The probe agrees with what the kernel reports for this CPU (x86 Linux: /proc/cpuinfo flags)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists() or "flags" not in cpuinfo.read_text():
+        pytest.skip("no x86 /proc/cpuinfo flags on this machine")
+    flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+    assert runtime.cpu_bf16_native() == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
 
 
 @pytest.mark.parametrize("device, message", [
