@@ -165,8 +165,8 @@ def cpu_amp_note(device: torch.device, choice: str, amp: Optional[torch.dtype]) 
     if device.type != "cpu":
         return None
     if amp is None:
-        return ("note: --amp: this CPU has no bf16 arithmetic in hardware (AVX512-BF16 or AMX), where autocast "
-                "runs far slower than fp32; running in fp32 (--amp-dtype bf16 forces bf16)")
+        return ("note: --amp: this CPU has no bf16 arithmetic in hardware (AVX512-BF16 or AMX; BF16 on Arm), "
+                "where autocast runs far slower than fp32; running in fp32 (--amp-dtype bf16 forces bf16)")
     native = cpu_bf16_native() if amp == torch.bfloat16 else cpu_fp16_native()
     if native:
         return None
