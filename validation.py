@@ -109,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     if save_dir is not None:  # before any work: a missing matplotlib or an unwritable folder is one line
         prepare_save_dir(save_dir)
     info = init_distributed_mode(args.device)
-    runtime = resolve_runtime(args, device=info.device)
+    runtime = resolve_runtime(args, info.local_rank, device=info.device)
     loaded, model = load_inference_model(args, runtime)
     dataset = load_val_set(args, loaded.num_classes)
     class_names = list(loaded.class_names or dataset.class_names)

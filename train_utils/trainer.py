@@ -34,7 +34,7 @@ def setup(args: argparse.Namespace) -> Tuple[DistInfo, Runtime, Path, logging.Lo
     if args.tensorboard:
         require_tensorboard()  # before any work: a missing extra is one line, not a crash after an epoch
     info = init_distributed_mode(args.device)
-    runtime = resolve_runtime(args, device=info.device)
+    runtime = resolve_runtime(args, info.local_rank, device=info.device)
     args.device, args.channels_last = str(runtime.device), runtime.channels_last
     args.output_dir = resolve_output_dir(args)
     if args.lr is None:
