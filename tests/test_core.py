@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from conftest import run
+from core import runtime
 from core.checkpoint import (FORMAT_VERSION, Checkpoint, describe, format_version, load_checkpoint,
                              parse_checkpoint, save_checkpoint)
 from core.cli import ArgumentParser, parse_with_config
 from core.platform import FileLock, check_writable
-from core import runtime
 from core.runtime import add_runtime_flags, resolve_device, resolve_runtime
 from data_utils import make_demo_dataset
 from src import build_model, model_from_checkpoint
