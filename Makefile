@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   generate the demo dataset, train an FCN on it, evaluate and predict, draw the pictures
 #               (offline, CPU or GPU; installs matplotlib for the pictures)
-#   make test   run the test suite (what CI runs)
+#   make test   lint (ruff check .) and run the test suite (what CI runs)
 # The virtual environment is created on first use. Overrides: PYTHON (interpreter that creates it),
 # VENV (its location), PYTEST_ARGS (extra pytest arguments), DEMO_ARGS (extra tools/demo.py arguments).
 PYTHON ?= python3
@@ -33,6 +33,7 @@ setup-demo: $(VENV)/.demo
 setup-test: $(VENV)/.test
 
 test: setup-test
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: setup-demo

@@ -16,16 +16,48 @@ import sys
 from typing import Optional, Sequence
 
 from core.cli import USER_ERRORS, ArgumentParser, non_negative_float, non_negative_int, one_line, seed
-from core.palette import (VOC_CLASSES_FILE, VOC_PALETTE, ClassNames, PathLike, load_class_names,
-                          resolve_class_names)
+from core.palette import VOC_CLASSES_FILE, VOC_PALETTE, ClassNames, PathLike, load_class_names, resolve_class_names
 from core.platform import check_writable
-from data_utils import (ADE20K_CLASSES, CITYSCAPES_CLASSES, COCO_VOC_CATEGORIES, DATASETS, DEMO_CLASSES,
-                        IMAGE_EXTENSIONS, COCOSegmentation, DatasetSpec, Pair, Sample, SegmentationDataset,
-                        SegmentationFolder, Transforms, VOCSegmentation, boundary_band, build_dataset, check_split,
-                        check_mask_values, class_pixel_counts, collate_fn, convert_colors, dataset_spec,
-                        folder_pairs, image_size, import_labelme, label_counts, make_demo_dataset, make_demo_sample,
-                        make_label_map, missing_files, print_report, read_image, read_mask, read_split_ids,
-                        save_mask, scan_split, voc_dir, voc_pairs)
+from data_utils import (
+    ADE20K_CLASSES,
+    CITYSCAPES_CLASSES,
+    COCO_VOC_CATEGORIES,
+    DATASETS,
+    DEMO_CLASSES,
+    IMAGE_EXTENSIONS,
+    COCOSegmentation,
+    DatasetSpec,
+    Pair,
+    Sample,
+    SegmentationDataset,
+    SegmentationFolder,
+    Transforms,
+    VOCSegmentation,
+    boundary_band,
+    build_dataset,
+    check_mask_values,
+    check_split,
+    class_pixel_counts,
+    collate_fn,
+    convert_colors,
+    dataset_spec,
+    folder_pairs,
+    image_size,
+    import_labelme,
+    label_counts,
+    make_demo_dataset,
+    make_demo_sample,
+    make_label_map,
+    missing_files,
+    print_report,
+    read_image,
+    read_mask,
+    read_split_ids,
+    save_mask,
+    scan_split,
+    voc_dir,
+    voc_pairs,
+)
 
 __all__ = [
     "ADE20K_CLASSES", "CITYSCAPES_CLASSES", "COCO_VOC_CATEGORIES", "COCOSegmentation", "convert_colors",

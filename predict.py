@@ -25,18 +25,32 @@ from typing import List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from core.cli import (ArgumentParser, HelpFormatter, add_config_flags, non_negative_int, parse_with_config,
-                      positive_int, run_main)
+from core.cli import (
+    ArgumentParser,
+    HelpFormatter,
+    add_config_flags,
+    non_negative_int,
+    parse_with_config,
+    positive_int,
+    run_main,
+)
 from core.palette import VOC_PALETTE, Palette, class_name, default_class_names
 from core.platform import atomic_write
 from core.runtime import add_runtime_flags, resolve_runtime
 from data_utils import IMAGE_EXTENSIONS, save_mask
+from inference import (
+    Prediction,
+    add_inference_flags,
+    inferer_from_args,
+    load_inference_model,
+    output_stems,
+    photo_loader,
+    predict_folder,
+    refuse_overwriting_inputs,
+    whole_image,
+)
 from src import add_model_flags
-from train_utils.inference import add_inference_flags, inferer_from_args, load_inference_model
-from train_utils.pictures import overlay
-from train_utils.prediction import (Prediction, output_stems, photo_loader, predict_folder,
-                                    refuse_overwriting_inputs)
-from train_utils.train_eval import whole_image
+from visualization.pictures import overlay
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -125,8 +139,7 @@ def main(args: argparse.Namespace) -> int:
     loaded, model = load_inference_model(args, runtime)
     names = loaded.class_names or default_class_names(loaded.num_classes)
     palette = loaded.palette or VOC_PALETTE
-    loader = photo_loader(images, args.batch_size, 0 if single else args.workers,
-                          pin_memory=runtime.device.type == "cuda")
+    loader = photo_loader(images, args.batch_size, 0 if single else args.workers, pin_memory=runtime.pin_memory)
     write = partial(save_outputs, outputs=outputs, args=args, names=names, palette=palette)
     result = predict_folder(model, loader, runtime, write, inferer_from_args(args) or whole_image,
                             with_probs=args.probs, warmup=args.warmup, runs=args.runs, progress=not single)

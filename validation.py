@@ -29,15 +29,16 @@ from core.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with
 from core.platform import append_text, atomic_write, check_writable, nan_to_none
 from core.runtime import add_runtime_flags, resolve_runtime
 from data_utils import build_dataset, collate_fn
+from inference import add_inference_flags, inferer_from_args, load_inference_model, whole_image
+from recording.run_files import RECORD_FILE
 from src import add_model_flags
-from train_utils.distributed import cleanup, init_distributed_mode
-from train_utils.val_pictures import ValidationPictures, keep_worst_tiles, prepare_save_dir, save_figures
-from train_utils.inference import add_inference_flags, inferer_from_args, load_inference_model
+from train_utils.distributed import all_gather_objects, cleanup, init_distributed_mode
 from train_utils.metrics import ConfusionMatrix
 from train_utils.options import add_data_flags
 from train_utils.sampler import EvalBatchSampler
-from train_utils.train_eval import run_evaluation, whole_image
+from train_utils.train_eval import run_evaluation
 from transforms import SegmentationPresetEval
+from visualization.val_pictures import ValidationPictures, keep_worst_tiles, prepare_save_dir, save_figures
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -95,7 +96,7 @@ def comparison(results: Dict[str, ConfusionMatrix], class_names: List[str]) -> s
 
 
 def record_path(args: argparse.Namespace) -> Path:
-    return Path(args.record) if args.record else Path(args.weights).resolve().parent / "record_mAP.txt"
+    return Path(args.record) if args.record else Path(args.weights).resolve().parent / RECORD_FILE
 
 
 def main(args: argparse.Namespace) -> int:
@@ -103,8 +104,6 @@ def main(args: argparse.Namespace) -> int:
     check_writable(record_path(args), "--record" if args.record else "--record (default: next to --weights)")
     if args.json:
         check_writable(Path(args.json), "--json")
-
-
     save_dir = Path(args.save_dir) if args.save_dir else None
     if save_dir is not None:  # before any work: a missing matplotlib or an unwritable folder is one line
         prepare_save_dir(save_dir)
@@ -115,17 +114,16 @@ def main(args: argparse.Namespace) -> int:
     class_names = list(loaded.class_names or dataset.class_names)
     sampler = EvalBatchSampler(dataset.image_sizes(), args.batch_size, info.rank, info.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, collate_fn=collate_fn,
-                        pin_memory=runtime.device.type == "cuda")
+                        pin_memory=runtime.pin_memory)
     # The pictures come from the last mode evaluated: the one predict.py runs with the same flags.
     pics = ValidationPictures(save_dir, [p[0].stem for p in dataset.pairs], sampler.batches, loaded.num_classes,
                               loaded.palette or dataset.palette) if save_dir is not None or args.worst else None
     tta = inferer_from_args(args)
     modes = [("single-scale", whole_image)] + ([(tta.name, tta)] if tta is not None else [])
-    results = {label: run_evaluation(model, loader, runtime.device, loaded.num_classes, class_names,
-                                     runtime.amp_dtype, runtime.channels_last, infer, desc=label,
+    results = {label: run_evaluation(model, loader, runtime, loaded.num_classes, class_names, infer, desc=label,
                                      on_batch=pics if i == len(modes) - 1 else None).confusion
                for i, (label, infer) in enumerate(modes)}
-    worst = pics.worst(args.worst or 0) if pics is not None else []
+    worst = pics.worst(args.worst or 0, gather=all_gather_objects) if pics is not None else []
     if info.is_main:
         report(args, loaded.name, len(dataset), results, class_names, worst)
         if save_dir is not None:

@@ -21,7 +21,7 @@ pytorch-fcn's files, other trainers' {"state_dict": ...}). A file of a newer ver
 """
 import pickle
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 

@@ -38,8 +38,31 @@ class Runtime:
     def precision(self) -> str:
         return "float32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
 
+    @property
+    def pin_memory(self) -> bool:
+        """Page-locked loader batches: they make the host-to-GPU copies asynchronous (nothing to gain elsewhere)."""
+        return self.device.type == "cuda"
+
+    @property
+    def fused_optimizer(self) -> bool:
+        """The single-kernel optimizer step, which torch has for CUDA (elsewhere the multi-tensor one)."""
+        return self.device.type == "cuda"
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """The training's gradient scaler: enabled for fp16 only (bf16 and fp32 gradients do not underflow)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def set_backend_flags(self, deterministic: bool = False) -> None:
+        """Process-wide kernel choices: deterministic algorithms (bit-exact reruns, slower on a GPU), else cuDNN's
+        benchmark mode on CUDA (the crop size is fixed, so the fastest convolution algorithms are found once)."""
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
 
     def describe(self) -> str:
         return f"{self.device}, {self.precision}, {'channels-last' if self.channels_last else 'contiguous'}" + (

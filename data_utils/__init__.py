@@ -17,17 +17,44 @@ from .ade20k import ADE20K_CLASSES, ADE20K_LABEL_MAP, ADE20K_PALETTE
 from .check import check_split, class_pixel_counts, print_report, scan_dataset, scan_split
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_LABEL_MAP, CITYSCAPES_PALETTE
 from .coco import COCO_VOC_CATEGORIES, COCOSegmentation, coco_target, load_annotations
-from .colors import convert_colors, load_colors
-from .labelme import import_labelme
 from .collate import collate_fn
+from .colors import convert_colors, load_colors
 from .datasets import Sample, SegmentationDataset, SegmentationFolder, Transforms, VOCSegmentation, own_class_file
 from .demo import DEMO_CLASSES, boundary_band, make_demo_dataset, make_demo_sample
-from .io import (DECODERS, IMAGE_EXTENSIONS, check_label_map, check_mask_values, image_note, image_size,
-                 label_counts, make_label_map, read_image, read_mask, save_mask)
-from .pairs import (Pair, complete_pairs, folder_pairs, missing_files, raise_if_missing, read_split_ids, voc_dir,
-                    voc_pairs)
-from .registry import (DATASETS, DatasetSpec, build_dataset, build_from_pairs, dataset_spec, find_folder_pairs,
-                       find_voc_pairs, own_class_names)
+from .io import (
+                 DECODERS,
+                 IMAGE_EXTENSIONS,
+                 check_label_map,
+                 check_mask_values,
+                 image_note,
+                 image_size,
+                 label_counts,
+                 make_label_map,
+                 read_image,
+                 read_mask,
+                 save_mask,
+)
+from .labelme import import_labelme
+from .pairs import (
+                 Pair,
+                 complete_pairs,
+                 folder_pairs,
+                 missing_files,
+                 raise_if_missing,
+                 read_split_ids,
+                 voc_dir,
+                 voc_pairs,
+)
+from .registry import (
+                 DATASETS,
+                 DatasetSpec,
+                 build_dataset,
+                 build_from_pairs,
+                 dataset_spec,
+                 find_folder_pairs,
+                 find_voc_pairs,
+                 own_class_names,
+)
 
 __all__ = [
     "ADE20K_CLASSES", "ADE20K_LABEL_MAP", "ADE20K_PALETTE",

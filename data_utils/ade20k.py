@@ -10,6 +10,7 @@ reduce_zero_label).
 from pathlib import Path
 
 from core.palette import palette_from_colors
+
 from .io import make_label_map
 from .pairs import Pair, folder_pairs
 

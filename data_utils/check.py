@@ -10,8 +10,9 @@ from tqdm import tqdm
 from core.constants import IGNORE_INDEX
 from core.palette import PathLike
 from core.platform import atomic_write
+
 from .datasets import SegmentationDataset
-from .io import image_note, label_counts, read_mask
+from .io import image_note, label_counts
 from .pairs import Pair
 from .registry import dataset_spec
 

@@ -10,6 +10,7 @@ becomes IGNORE_INDEX, as in cityscapesScripts' labels.py.
 from pathlib import Path
 
 from core.palette import palette_from_colors
+
 from .io import make_label_map
 from .pairs import Pair
 

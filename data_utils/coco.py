@@ -23,6 +23,7 @@ from PIL import ExifTags, Image
 
 from core.constants import IGNORE_INDEX
 from core.palette import VOC_PALETTE, Palette, PathLike
+
 from .datasets import SegmentationDataset, Transforms
 from .pairs import Pair, complete_pairs, missing_files
 

@@ -4,6 +4,7 @@ from typing import Sequence
 import torch
 
 from core.constants import IGNORE_INDEX
+
 from .datasets import Sample
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from core.constants import IGNORE_INDEX
 from core.palette import PathLike, check_class_names, palette_from_colors, read_json_object
+
 from .io import IMAGE_EXTENSIONS, save_mask
 from .staging import check_new_folder, staged_folder
 

@@ -11,8 +11,17 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from core.palette import (VOC_CLASSES_FILE, VOC_PALETTE, ClassNames, Palette, PathLike, check_class_names,
-                          check_palette, resolve_class_names)
+from core.palette import (
+    VOC_CLASSES_FILE,
+    VOC_PALETTE,
+    ClassNames,
+    Palette,
+    PathLike,
+    check_class_names,
+    check_palette,
+    resolve_class_names,
+)
+
 from .io import check_label_map, check_mask_values, image_size, read_image, read_mask
 from .pairs import Pair, folder_pairs, missing_files, raise_if_missing, voc_pairs
 

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from core.constants import IGNORE_INDEX
 from core.palette import PathLike
+
 from .io import save_mask
 
 # Each class has its own colour, texture and shape, so a small CNN separates them by appearance quickly.

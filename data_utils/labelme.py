@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from core.constants import IGNORE_INDEX
 from core.palette import PathLike, load_class_names
+
 from .io import image_size, save_mask
 from .staging import check_new_folder, staged_folder
 

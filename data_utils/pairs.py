@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import Sequence
 
 from core.palette import PathLike
+
 from .io import IMAGE_EXTENSIONS
 
 Pair = tuple[Path, Path]

@@ -11,6 +11,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from core.palette import VOC_CLASSES_FILE, VOC_PALETTE, Palette, PathLike, check_palette, load_class_names
+
 from .ade20k import ADE20K_CLASSES, ADE20K_LABEL_MAP, ADE20K_PALETTE, find_ade20k_pairs
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_LABEL_MAP, CITYSCAPES_PALETTE, find_cityscapes_pairs
 from .coco import coco_dataset, find_coco_pairs

@@ -3,7 +3,7 @@
 One attribute per Caffe layer, named as in the Caffe prototxt (and the pytorch-fcn port), so converted
 weights load one-to-one with strict=True.
 """
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn

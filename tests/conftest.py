@@ -4,6 +4,7 @@ Files are written with PIL and imgviz's colormap directly, not with my_dataset's
 my_dataset read data that its own writer did not produce.
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,3 +149,12 @@ def trained(demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
     run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "2", "--tensorboard", *TINY)
     return out
+
+
+def named(path: Path) -> str:
+    """A pytest.raises pattern matching the path literally."""
+    return re.escape(str(path))
+
+
+def pil_mask(path: Path) -> np.ndarray:
+    return np.array(Image.open(path))

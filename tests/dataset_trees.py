@@ -1,4 +1,4 @@
-"""Tiny trees of the published dataset layouts (COCO, Cityscapes, ADE20K) and a labelme folder.
+"""Tiny trees of the published dataset layouts (COCO, Cityscapes, ADE20K), a folder split and a labelme folder.
 
 Written with PIL, numpy and pycocotools directly, never with the project's own writers, so the tests read
 data the code under test did not produce.
@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
+
+from conftest import write_palette_png
 
 # ------------------------------------------------------------------------------------------------- COCO
 
@@ -206,3 +208,15 @@ def labelme_folder(root: Path) -> Path:
         (root / f"{name}.json").write_text(json.dumps(doc))
     (root / "classes.json").write_text(json.dumps({n: i for i, n in enumerate(LABELME_CLASSES)}))
     return root
+
+
+def make_folder_split(root: Path) -> tuple[Path, Path]:
+    images, masks = root / "images", root / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for stem, suffix in [("a", ".jpg"), ("b", ".png"), ("c", ".jpeg")]:
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(images / f"{stem}{suffix}")
+        write_palette_png(masks / f"{stem}.png", rng.integers(0, 3, (20, 30)).astype(np.uint8))
+    (images / "notes.txt").write_text("not an image, ignored")
+    return images, masks

@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_cli import TINY, run
 
 from my_dataset import make_demo_dataset, save_mask
+from recording.run_files import RUN_LOCK
 from src import build_model
-from test_cli import TINY, run
-from train_utils.run_dir import RUN_LOCK
 
 VOC = Path("VOCdevkit") / "VOC2012"
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_visualization import assert_resumed_records
 
 from core.checkpoint import Checkpoint, save_checkpoint
 from my_dataset import VOC_PALETTE
@@ -19,7 +20,6 @@ from src import build_model
 from train_utils import class_weights_from_counts
 
 from conftest import TINY, run  # the session's tiny trained run is shared with other test files
-from test_visual import assert_resumed_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

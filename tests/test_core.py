@@ -1,6 +1,7 @@
 """The ground floor: runtime policy and flags, the checkpoint format and its older versions, the platform layer
 (with a simulated platform that lacks fcntl, os.fchmod, os.link and sigtimedwait), and the layering itself."""
 import argparse
+import ast
 import contextlib
 import json
 import math
@@ -9,21 +10,33 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import imgviz
 import pytest
 import torch
 from torch import nn
 
-from conftest import run
 from core import runtime
-from core.checkpoint import (FORMAT_VERSION, Checkpoint, describe, format_version, load_checkpoint,
-                             parse_checkpoint, save_checkpoint)
+from core.checkpoint import (
+    FORMAT_VERSION,
+    Checkpoint,
+    describe,
+    format_version,
+    load_checkpoint,
+    parse_checkpoint,
+    save_checkpoint,
+)
 from core.cli import ArgumentParser, parse_with_config
-from core.platform import FileLock, check_writable
+from core.constants import IGNORE_INDEX
+from core.platform import FileLock, append_jsonl, append_text, atomic_copy, atomic_write, check_writable, nan_to_none
 from core.runtime import add_runtime_flags, resolve_device, resolve_runtime
 from data_utils import make_demo_dataset
+from my_dataset import VOC_CLASSES_FILE, VOC_PALETTE, load_class_names
 from src import build_model, model_from_checkpoint
+
+from conftest import REPO_ROOT, named, run
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "format1_checkpoint.pth"
@@ -108,13 +121,56 @@ def test_runtime_and_model_flags_are_declared_once():
 
 # ------------------------------------------------------------------------------------------------- layers
 
-def test_data_layer_and_models_import_nothing_above_them():
-    code = ("import sys, my_dataset, transforms, src, data_utils; "
-            "print([m for m in sys.modules if m.split('.')[0] in ('train_utils', 'validation', 'predict')])")
+# What each room of the project may import (its own package aside): arrows point down only.
+LOWER = {
+    "core": set(),
+    "src": {"core"},
+    "data_utils": {"core"},
+    "transforms": {"core"},
+    "recording": {"core"},
+    "my_dataset": {"core", "data_utils"},
+    "inference": {"core", "src", "data_utils"},
+    "visualization": {"core", "data_utils", "inference", "recording"},
+    "train_utils": {"core", "src", "data_utils", "transforms", "inference", "recording", "visualization"},
+    "predict": {"core", "src", "data_utils", "inference", "visualization"},
+    "validation": {"core", "src", "data_utils", "transforms", "inference", "recording", "visualization",
+                   "train_utils"},
+    "train": {"core", "train_utils"},
+    "train_multi_GPU": {"core", "train_utils"},
+}
+PROJECT = {*LOWER, "tools"}
+
+
+def project_imports(path: Path) -> set:
+    """The project's top-level modules that `path` imports (absolute imports; relative ones stay inside)."""
+    tree = ast.parse(path.read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
+    return {name.split(".")[0] for name in names} & PROJECT
+
+
+def test_every_room_imports_only_the_floors_below_it():
+    for room, lower in LOWER.items():
+        files = sorted((ROOT / room).rglob("*.py")) if (ROOT / room).is_dir() else [ROOT / f"{room}.py"]
+        assert files, room
+        for path in files:
+            assert project_imports(path) <= lower, (path.relative_to(ROOT).as_posix(), project_imports(path) - lower)
+    assert "train_utils" not in project_imports(ROOT / "tools" / "export.py")
+
+
+def test_running_a_model_loads_no_training_engine():
+    code = ("import sys, predict, tools.export, inference, visualization.pictures, visualization.plots; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('train_utils', 'validation', 'train')])")
     assert run("-c", code).stdout.strip() == "[]"
-    code = "import sys, core.checkpoint, core.runtime, core.platform, core.cli, core.palette; " \
-           "print([m for m in sys.modules if m.split('.')[0] in ('train_utils', 'src', 'data_utils', 'my_dataset')])"
+    code = ("import sys, recording; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'src', 'data_utils', 'inference', 'train_utils'}))")
     assert run("-c", code).stdout.strip() == "[]"
+
+
+def test_the_engine_stays_small():
+    """train_utils/ keeps the training engine only: what runs a model, draws or records lives in its own room."""
+    files = sorted((ROOT / "train_utils").glob("*.py"))
+    assert len(files) <= 14 and sum(len(p.read_text().splitlines()) for p in files) <= 2000
 
 
 def test_no_function_local_imports_of_project_modules():
@@ -402,3 +458,111 @@ def test_out_of_memory_from_a_chosen_size_is_one_line(capsys):
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_main(bug, argparse.Namespace())
+
+
+# ------------------------------------------------------------------------------- atomic files and records
+
+def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "last.pth"
+    atomic_write(path, lambda f: torch.save({"w": torch.ones(3)}, f))
+
+    def crash(f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, crash)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left behind
+
+
+def test_append_text_and_jsonl(tmp_path):
+    record = tmp_path / "sub" / "record.txt"
+    append_text(record, "first\n")
+    append_text(record, "second\n")
+    assert record.read_text() == "first\nsecond\n"
+    metrics = tmp_path / "metrics.jsonl"
+    append_jsonl(metrics, {"epoch": 0, "iou": [0.5, math.nan]})
+    append_jsonl(metrics, {"epoch": 1})
+    import json
+
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert lines == [{"epoch": 0, "iou": [0.5, None]}, {"epoch": 1}]
+    assert nan_to_none({"a": (math.nan, 1.0)}) == {"a": [None, 1.0]}
+
+
+def test_atomic_copy_survives_replacing_the_source(tmp_path):
+    last, best = tmp_path / "last.pth", tmp_path / "best.pth"
+    save_checkpoint(Checkpoint({"w": torch.zeros(1)}, epoch=1), last)
+    atomic_copy(last, best)
+    save_checkpoint(Checkpoint({"w": torch.zeros(1)}, epoch=2), last)  # replaced, not modified: best keeps epoch 1
+    assert torch.load(best, weights_only=True)["epoch"] == 1
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
+
+
+def test_nan_to_none_maps_infinities_too():
+    data = {"loss": math.inf, "low": -math.inf, "ok": [1.5, math.nan]}
+    assert nan_to_none(data) == {"loss": None, "low": None, "ok": [1.5, None]}
+
+
+# ------------------------------------------------------------------------------------- palette, class names
+
+def test_palette_is_the_voc_colormap():
+    assert len(VOC_PALETTE) == 768
+    assert VOC_PALETTE == imgviz.label_colormap().flatten().tolist()
+    assert VOC_PALETTE[3:6] == [128, 0, 0]          # aeroplane
+    assert VOC_PALETTE[45:48] == [192, 128, 128]    # person
+    assert VOC_PALETTE[3 * IGNORE_INDEX:] == [224, 224, 192]
+
+
+def test_load_class_names_voc():
+    names = load_class_names(VOC_CLASSES_FILE)
+    assert len(names) == 21
+    assert names[0] == "background" and names[15] == "person" and names[20] == "tvmonitor"
+
+
+def test_load_class_names_orders_by_index(tmp_path):
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps({"cat": 2, "background": 0, "dog": 1}))
+    assert load_class_names(path) == ["background", "dog", "cat"]
+
+
+@pytest.mark.parametrize("content", ['{"a": 0, "b": 2}', '{"a": 1}', '["a", "b"]', '{"a": "0"}', "{oops",
+                                     "{}"])
+def test_load_class_names_rejects_bad_files(tmp_path, content):
+    path = tmp_path / "classes.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=named(path)):
+        load_class_names(path)
+
+
+def test_load_class_names_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_class_names(tmp_path / "nope.json")
+
+
+def test_data_layer_imports_only_core():
+    # In a fresh interpreter: which of the project's own top-level modules each import pulls in.
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        root, env = Path.cwd().resolve(), Path(sys.prefix).resolve()
+
+        def project_modules():
+            # Absolute paths only: torch's built-in namespaces carry bare file names like "_ops.py".
+            files = [Path(m.__file__) for m in list(sys.modules.values()) if getattr(m, "__file__", None)]
+            files = [f.resolve() for f in files if f.is_absolute()]
+            return sorted({f.relative_to(root).parts[0].removesuffix(".py") for f in files
+                           if f.is_relative_to(root) and not f.is_relative_to(env)})
+
+        import data_utils
+        print(project_modules())
+        import my_dataset, transforms
+        print(project_modules())
+        print([m for m in sys.modules if m.startswith(("train_utils", "src"))])
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["['core', 'data_utils']",
+                                          "['core', 'data_utils', 'my_dataset', 'transforms']", "[]"]

@@ -21,13 +21,26 @@ import my_dataset
 import predict
 import train
 import validation
-from conftest import REPO_ROOT
 from data_utils import DATASETS, build_dataset, class_pixel_counts, convert_colors, import_labelme, read_image
-from dataset_trees import (ADE20K_FILES, CITYSCAPES_COLORS, CITYSCAPES_FILES, CITYSCAPES_LABELS, COCO_IMAGES,
-                           COCO_TO_VOC, LABELME_CLASSES, ade20k_tree, cityscapes_tree, coco_tree, labelme_folder,
-                           labelme_shapes, uncompressed_rle)
 from train_utils.options import get_args_parser
 from train_utils.trainer import run_training
+
+from conftest import REPO_ROOT
+from dataset_trees import (
+    ADE20K_FILES,
+    CITYSCAPES_COLORS,
+    CITYSCAPES_FILES,
+    CITYSCAPES_LABELS,
+    COCO_IMAGES,
+    COCO_TO_VOC,
+    LABELME_CLASSES,
+    ade20k_tree,
+    cityscapes_tree,
+    coco_tree,
+    labelme_folder,
+    labelme_shapes,
+    uncompressed_rle,
+)
 
 
 def pixels(path: Path) -> np.ndarray:

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run
 from src import build_model
+
+from conftest import run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "export.py"

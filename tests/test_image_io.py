@@ -13,7 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data_utils import check_split, image_note, read_image, read_mask
+from data_utils import SegmentationDataset, check_split, image_note, image_size, read_image, read_mask
+from my_dataset import VOC_PALETTE, save_mask
+
+from conftest import REAL_SIZE, named, pil_mask, truncate
 
 RNG = np.random.default_rng(0)
 
@@ -145,3 +148,154 @@ def test_check_reports_photos_read_converted(tmp_path, capsys):
     assert "photos converted to 8 bits as they are read: 1" in out and "deep.png: 16-bit" in out
     assert "problems: 1" in out and "float.tif is a floating-point image" in out
     assert image_note(images / "plain.jpg") == ""
+
+
+# ------------------------------------------------------------------------------------------------ mask I/O
+
+def test_save_mask_writes_voc_palette_png(tmp_path):
+    mask = np.array([[0, 1, 2, 20], [255, 15, 0, 3]], dtype=np.uint8)
+    save_mask(mask, tmp_path / "m.png")
+    image = Image.open(tmp_path / "m.png")
+    assert image.mode == "P"
+    assert image.getpalette()[:768] == VOC_PALETTE
+    assert np.array_equal(np.array(image), mask)
+    save_mask(torch.from_numpy(mask), tmp_path / "t.png")
+    assert np.array_equal(pil_mask(tmp_path / "t.png"), mask)
+
+
+@pytest.mark.parametrize("mask", [np.zeros((4, 4), np.int64), np.zeros((1, 4, 4), np.uint8)])
+def test_save_mask_rejects_non_uint8_2d(tmp_path, mask):
+    with pytest.raises(ValueError, match="uint8"):
+        save_mask(mask, tmp_path / "m.png")
+
+
+def test_read_mask_palette_and_grayscale(tmp_path, voc2012):
+    palette_file = voc2012 / "SegmentationClass" / "voc_sample.png"
+    mask = read_mask(palette_file)
+    assert mask.dtype == np.uint8 and mask.shape == REAL_SIZE
+    assert np.array_equal(mask, pil_mask(palette_file))
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    assert np.array_equal(read_mask(tmp_path / "gray.png"), gray)
+
+
+def test_read_mask_rejects_rgb(tmp_path):
+    path = tmp_path / "colour.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+    with pytest.raises(ValueError, match="palette or grayscale") as info:
+        read_mask(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_mask_one_bit_and_16_bit(tmp_path):
+    binary = np.zeros((3, 5), bool)
+    binary[1, 2:4] = True
+    Image.fromarray(binary).save(tmp_path / "binary.png")  # mode "1"
+    assert np.array_equal(read_mask(tmp_path / "binary.png"), binary.astype(np.uint8))
+    Image.fromarray(np.zeros((3, 5), np.uint16)).save(tmp_path / "deep.png")  # mode "I;16"
+    with pytest.raises(ValueError, match="deep.png is a 16/32-bit image.*8-bit"):
+        read_mask(tmp_path / "deep.png")
+
+
+def test_read_mask_truncated(tmp_path, voc2012):
+    path = voc2012 / "SegmentationClass" / "voc_sample.png"
+    truncate(path)
+    with pytest.raises(ValueError, match=named(path)):
+        read_mask(path)
+
+
+# ----------------------------------------------------------------------------------------------- image I/O
+
+def test_read_image_rgb_jpeg(voc2012):
+    path = voc2012 / "JPEGImages" / "voc_sample.jpg"
+    image = read_image(path)
+    assert image.dtype == torch.uint8 and image.shape == (3, *REAL_SIZE)
+    expected = np.array(Image.open(path).convert("RGB")).transpose(2, 0, 1)
+    assert np.array_equal(image.numpy(), expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P"])
+def test_read_image_converts_to_rgb(tmp_path, mode):
+    rgb = np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    path = tmp_path / ("photo.jpg" if mode in ("L", "CMYK") else "photo.png")
+    Image.fromarray(rgb).convert(mode).save(path)
+    image = read_image(path)
+    assert image.shape == (3, 10, 12) and image.dtype == torch.uint8
+    if mode == "RGBA":  # lossless: the colour channels come back exactly
+        assert np.array_equal(image.numpy(), rgb.transpose(2, 0, 1))
+    if mode == "L":
+        assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+def test_read_image_truncated_jpeg(voc2012):
+    path = voc2012 / "JPEGImages" / "voc_sample.jpg"
+    truncate(path)
+    with pytest.raises(ValueError, match=named(path)):
+        read_image(path)
+
+
+def test_read_image_not_an_image(tmp_path):
+    path = tmp_path / "notes.jpg"
+    path.write_text("not a jpeg")
+    with pytest.raises(ValueError, match=named(path)):
+        read_image(path)
+    with pytest.raises(FileNotFoundError, match="absent.jpg"):
+        read_image(tmp_path / "absent.jpg")
+
+
+# ---------------------------------------------------------------------------------------- EXIF orientation
+
+def save_photo(path: Path, stored: np.ndarray, orientation: int = 1) -> None:
+    """Saves `stored` (H, W, 3) with an EXIF Orientation tag, as cameras do instead of turning the pixels."""
+    if path.suffix == ".tif":
+        Image.fromarray(stored).save(path, tiffinfo={0x0112: orientation})
+        return
+    if orientation == 1:
+        Image.fromarray(stored).save(path)
+        return
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+
+
+# np.rot90 turns counter-clockwise for k > 0: orientation 6 is displayed after a quarter turn clockwise, 8 after
+# one counter-clockwise, 3 after a half turn.
+@pytest.mark.parametrize("name, orientation, turns", [("photo.jpg", 6, -1), ("photo.jpg", 8, 1), ("photo.png", 8, 1),
+                                                      ("photo.webp", 6, -1), ("photo.tif", 6, -1),
+                                                      ("photo.tif", 3, 2)])
+def test_read_image_applies_exif_orientation(tmp_path, name, orientation, turns):
+    stored = np.random.default_rng(0).integers(0, 256, (20, 36, 3), dtype=np.uint8)  # 36 wide, 20 high
+    path, plain = tmp_path / name, tmp_path / f"plain{Path(name).suffix}"
+    save_photo(path, stored, orientation)
+    save_photo(plain, stored)  # the same pixels without EXIF: the lossy formats decode to the same values
+    displayed = np.rot90(np.array(Image.open(plain).convert("RGB")), k=turns)
+    image = read_image(path)
+    assert image.shape == (3, *displayed.shape[:2]) and np.array_equal(image.numpy(), displayed.transpose(2, 0, 1))
+    assert image_size(path) == displayed.shape[:2] == ((36, 20) if turns != 2 else (20, 36))
+
+
+# A PNG without EXIF is the case where asking PIL for the EXIF data would decode the whole file.
+@pytest.mark.parametrize("name, orientation, size", [("photo.jpg", 6, (90, 60)), ("photo.png", 6, (90, 60)),
+                                                     ("photo.png", 1, (60, 90))])
+def test_image_size_reads_orientation_from_the_header_only(tmp_path, name, orientation, size):
+    path = tmp_path / name
+    save_photo(path, np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8), orientation)
+    truncate(path)  # pixel data cut off: only a header-only read can still size it
+    assert image_size(path) == size
+    with pytest.raises(ValueError, match=named(path)):
+        read_image(path)
+
+
+def test_masks_are_not_exif_rotated_and_pair_with_the_displayed_photo(tmp_path):
+    photo, mask_path = tmp_path / "photo.jpg", tmp_path / "mask.png"
+    save_photo(photo, np.zeros((20, 36, 3), np.uint8), orientation=6)
+    mask = np.zeros((36, 20), np.uint8)  # drawn over the photo as displayed: 20 wide, 36 high
+    mask[:10, :5] = 1
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(mask).save(mask_path, exif=exif.tobytes())  # even a mask carrying EXIF stays as stored
+    assert np.array_equal(read_mask(mask_path), mask)
+    dataset = SegmentationDataset([(photo, mask_path)], ["background", "thing"])
+    image, loaded = dataset[0]
+    assert image.shape == (3, 36, 20) and dataset.image_sizes() == [(36, 20)]
+    assert np.array_equal(loaded.numpy(), mask)

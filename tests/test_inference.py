@@ -5,6 +5,7 @@ form, not from the code under test.
 """
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,10 +16,22 @@ import pytest
 import torch
 from torch import nn
 
-from src import build_model
-from train_utils.inference import (add_inference_flags, inferer_from_args, make_inferer,
-                                   slide_inference, tta_inference, window_starts)
-from train_utils.train_eval import evaluate
+import predict
+import train
+import validation
+from core.runtime import Runtime
+from inference.modes import (
+    add_inference_flags,
+    inferer_from_args,
+    make_inferer,
+    slide_inference,
+    tta_inference,
+    window_starts,
+)
+from src import build_model, model_from_checkpoint
+from train_utils.builders import build_datasets, build_loaders
+from train_utils.distributed import DistInfo
+from train_utils.train_eval import evaluate, run_evaluation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -313,7 +326,7 @@ def test_evaluate_takes_slide_and_tta_inferers():
     expected = np.bincount(t[keep] * 3 + pred[keep], minlength=9).reshape(3, 3)
     loader = [(images, targets)]
     for infer in (make_inferer("slide", window=16, stride=10), make_inferer(scales=[1.0], flip=True)):
-        cm = evaluate(model, loader, torch.device("cpu"), 3, infer=infer, channels_last=True)
+        cm = evaluate(model, loader, Runtime(torch.device("cpu"), channels_last=True), 3, infer=infer)
         np.testing.assert_array_equal(cm.matrix.numpy(), expected)
 
 
@@ -323,7 +336,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import torch.nn.functional as F
     from torch import nn
     sys.path.insert(0, sys.argv[2])
-    from train_utils.inference import slide_inference
+    from inference.modes import slide_inference
 
     class Tiny(nn.Module):  # FCN-shaped: strided features, 1x1 classifier, bilinear upsampling to the input
         def __init__(self):
@@ -380,3 +393,39 @@ def test_large_photo_slide_memory_is_bounded():
     assert slide["peak_mb"] < bound_mb, f"slide inference grew RSS by {slide['peak_mb']:.0f} MB > {bound_mb:.0f}"
     whole = peak_memory_mb("whole")  # the measurement does see activations: the same model run whole
     assert whole["peak_mb"] > bound_mb, f"whole-image inference grew RSS by only {whole['peak_mb']:.0f} MB"
+
+
+# ------------------------------------------------------------------------------------------ one forward pass
+
+def test_prediction_validation_and_training_evaluation_give_identical_logits(trained, demo, tmp_path, monkeypatch):
+    """predict.py, validation.py and the training run's evaluation feed the model the same normalised photo and
+    get the same logits: one normalisation, one forward pass (inference.forward.predict_scores)."""
+    logits = {"predict": [], "validation": [], "training": []}
+
+    def spy(name: str, model: nn.Module) -> nn.Module:
+        model.register_forward_hook(lambda module, inputs, output: logits[name].append(output["out"].clone()))
+        return model
+
+    def spying(name: str, load):
+        return lambda args, runtime: (lambda loaded, model: (loaded, spy(name, model)))(*load(args, runtime))
+
+    monkeypatch.setattr(predict, "load_inference_model", spying("predict", predict.load_inference_model))
+    monkeypatch.setattr(validation, "load_inference_model", spying("validation", validation.load_inference_model))
+    weights, folder = trained / "best.pth", tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted((demo / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("val_*.jpg")):
+        shutil.copy(path, folder)
+    common = ["--weights", str(weights), "--device", "cpu", "-j", "0"]
+    assert predict.main(predict.parse_args([*common, "--image", str(folder), "--output", str(tmp_path / "m"),
+                                            "--warmup", "0"])) == 0
+    assert validation.main(validation.parse_args([*common, "--data-path", str(demo), "-b", "1",
+                                                  "--record", str(tmp_path / "record.txt")])) == 0
+    # What the trainer's fit() evaluates with: train.py's validation loader and the training model.
+    args = train.parse_args(["--data-path", str(demo), "--device", "cpu", "-j", "0", "--eval-batch-size", "1"])
+    runtime = Runtime(torch.device("cpu"))
+    _, val_loader = build_loaders(args, DistInfo(), runtime, *build_datasets(args))
+    model = spy("training", model_from_checkpoint(weights).model)
+    run_evaluation(model, val_loader, runtime, 5)
+    assert len(logits["predict"]) == len(logits["validation"]) == len(logits["training"]) == 3
+    for got in ("validation", "training"):
+        assert all(torch.equal(a, b) for a, b in zip(logits["predict"], logits[got])), got

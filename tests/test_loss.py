@@ -7,8 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from src import build_model
-from train_utils import (IGNORE_INDEX, class_weights_from_counts, create_lr_scheduler, create_optimizer, criterion,
-                         get_params_groups)
+from train_utils import (
+    IGNORE_INDEX,
+    class_weights_from_counts,
+    create_lr_scheduler,
+    create_optimizer,
+    criterion,
+    get_params_groups,
+)
 from train_utils.loss import LOSSES, LossConfig
 
 

@@ -9,8 +9,21 @@ import torchvision
 from torchvision.models.segmentation import fcn_resnet50 as tv_fcn_resnet50
 from torchvision.models.segmentation import fcn_resnet101 as tv_fcn_resnet101
 
-from src import (AUX_MODELS, MODELS, FCN8s, bilinear_kernel, build_model, fcn8s, fcn16s, fcn32s, fcn8s_atonce,
-                 fcn_resnet50, fcn_resnet101, load_model_weights, model_from_checkpoint)
+from src import (
+    AUX_MODELS,
+    MODELS,
+    FCN8s,
+    bilinear_kernel,
+    build_model,
+    fcn8s,
+    fcn8s_atonce,
+    fcn16s,
+    fcn32s,
+    fcn_resnet50,
+    fcn_resnet101,
+    load_model_weights,
+    model_from_checkpoint,
+)
 
 VGG_MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
 

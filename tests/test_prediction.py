@@ -18,8 +18,8 @@ from core.checkpoint import Checkpoint, save_checkpoint
 from core.cli import run_main
 from core.constants import IMAGENET_MEAN, IMAGENET_STD
 from core.runtime import Runtime
+from inference import output_stems, photo_loader, predict_folder, refuse_overwriting_inputs
 from src import build_model
-from train_utils.prediction import output_stems, photo_loader, predict_folder, refuse_overwriting_inputs
 
 CLASSES = ["background", "a", "b", "c", "d"]
 

@@ -8,8 +8,9 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from conftest import GENERATED_SIZES, REPO_ROOT, run, write_jpeg
 from my_dataset import VOC_PALETTE, VOCSegmentation
+
+from conftest import GENERATED_SIZES, REPO_ROOT, run, write_jpeg
 
 TOOL = REPO_ROOT / "tools" / "prepare_sbd.py"
 

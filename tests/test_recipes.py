@@ -9,14 +9,16 @@ import torch
 
 import my_dataset
 import train
-from conftest import write_palette_png
 from core.checkpoint import Checkpoint, save_checkpoint
 from core.cli import UsageError
 from my_dataset import make_demo_dataset
 from src import build_model
 from train_utils import ConfusionMatrix, TrainSampler, trainer
+from train_utils.freeze import BackboneFreeze
 from train_utils.options import check_args
 from train_utils.train_eval import EpochResult, Evaluation
+
+from conftest import write_palette_png
 
 # Crops of 32 px from images of 64: a quarter of the pixels of test_cli's runs, each epoch two batches of two.
 TINY = ["--pretrained-backbone", "none", "--base-size", "32", "--crop-size", "32", "-b", "2", "-j", "0",
@@ -173,3 +175,21 @@ def test_resume_with_another_optimizer_is_refused(demo, tmp_path):
                                training={"args": {"optimizer": "sgd"}, "next_epoch": 1}), out / "last.pth")
     with pytest.raises(UsageError, match="trained with --optimizer sgd, but this run has --optimizer adamw"):
         train_here(demo, out, "--optimizer", "adamw", "--resume", "auto")
+
+
+def test_freeze_backbone_holds_the_pretrained_layers_only():
+    with torch.device("meta"):  # the layout is all that matters here
+        resnet, vgg = build_model("fcn_resnet50", 3), build_model("fcn8s", 3)
+    trains = lambda model: {n for n, p in model.named_parameters() if p.requires_grad}  # noqa: E731
+    freeze = BackboneFreeze(resnet, 2)
+    assert freeze.set_epoch(0) and not freeze.set_epoch(1)
+    assert trains(resnet) == {n for n, _ in resnet.named_parameters() if not n.startswith("backbone.")}
+    assert freeze.eval_modules == (resnet.backbone,)
+    assert freeze.set_epoch(2) and trains(resnet) == {n for n, _ in resnet.named_parameters()}
+    assert freeze.eval_modules == ()
+    freeze = BackboneFreeze(vgg, 1)
+    freeze.set_epoch(0)
+    assert trains(vgg) == {f"{layer}.{kind}" for layer in ("score_fr", "score_pool4", "score_pool3")
+                           for kind in ("weight", "bias")}
+    freeze.set_epoch(1)  # the fixed bilinear upsampling layers stay fixed
+    assert trains(vgg) == {n for n, _ in vgg.named_parameters() if not n.startswith("upscore")}

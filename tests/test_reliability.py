@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_cli import ROOT, TINY, metrics_lines, run
+
 from core.checkpoint import Checkpoint, save_checkpoint
 from core.cli import UsageError
 from core.platform import FileLock
+from recording.run_dir import check_free_space, prepare_output_dir, release_run_dir
+from recording.run_files import RUN_LOCK
 from train_utils.checkpoint import RunState, repair_best
-from train_utils.run_dir import RUN_LOCK, check_free_space, prepare_output_dir, release_run_dir
 
 # Fewer iterations per print, so that signals are honoured quickly.
 FAST = [*TINY, "--no-aux"]

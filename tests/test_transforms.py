@@ -5,8 +5,8 @@ from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from my_dataset import VOCSegmentation, collate_fn
 from core.constants import IGNORE_INDEX
+from my_dataset import VOCSegmentation, collate_fn
 from transforms import Augmentation, SegmentationPresetEval, SegmentationPresetTrain
 
 

@@ -21,11 +21,17 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's packages live at the repository root
-from core.cli import (ArgumentParser, UsageError, add_config_flags, non_negative_int, parse_with_config,  # noqa: E402
-                      positive_float, positive_int, run_main)
+from core.cli import (  # noqa: E402
+    ArgumentParser,
+    UsageError,
+    add_config_flags,
+    non_negative_int,
+    parse_with_config,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from core.runtime import add_runtime_flags, resolve_runtime  # noqa: E402
 from src import add_model_flags  # noqa: E402
 from tools.benchlib.baselines import TV_BUILDERS  # noqa: E402
@@ -133,8 +139,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     args = resolve_args(args)
     runtime = resolve_runtime(args)
-    if runtime.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as TV's train.py and ours do; warm-up covers every input shape
+    runtime.set_backend_flags()  # cudnn.benchmark on CUDA, as train.py and TV's train.py; warm-up covers every shape
     env = environment(runtime)
     result = {"mode": args.mode, "model": None, "command": " ".join(sys.argv), "environment": env,
               **MODES[args.mode](args, runtime)}

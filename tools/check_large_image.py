@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
 from core.cli import ArgumentParser, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
+from inference.modes import add_inference_flags, inferer_from_args, make_inferer, window_starts  # noqa: E402
 from src import add_model_flags, build_model, load_model_weights  # noqa: E402
-from train_utils.inference import add_inference_flags, inferer_from_args, make_inferer, window_starts  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.cli import ArgumentParser, HelpFormatter, UsageError, run_main  # noqa: E402
-from train_utils.history import load_history  # noqa: E402
-from train_utils.plots import curves_figure, per_class_iou_figure, require_matplotlib, save_figure  # noqa: E402
+from recording.history import load_history  # noqa: E402
+from visualization.plots import curves_figure, per_class_iou_figure, require_matplotlib, save_figure  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

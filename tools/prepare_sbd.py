@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # data_utils/ and core/ live at the repository root
-from data_utils import read_split_ids, save_mask, voc_dir  # noqa: E402
 from core.cli import USER_ERRORS, ArgumentParser, one_line  # noqa: E402
+from data_utils import read_split_ids, save_mask, voc_dir  # noqa: E402
 
 LoadMat = Callable[[Path], dict]
 

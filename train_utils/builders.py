@@ -1,13 +1,12 @@
 """What a training run is built from: datasets, loaders, the model, its wrapping, the class weights."""
 import argparse
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from core.cli import UsageError
 from core.platform import ignore_signals_in_worker
 from core.runtime import Runtime, compile_model
 from data_utils import SegmentationDataset, build_dataset, class_pixel_counts, collate_fn
@@ -32,7 +31,7 @@ def build_datasets(args: argparse.Namespace) -> Tuple[SegmentationDataset, Segme
 def loader_kwargs(args: argparse.Namespace, runtime: Runtime) -> Dict[str, Any]:
     # A private generator for the workers' base seed: drawing it from the global generator would make the
     # dropout stream depend on when loaders are (re)created, and break exact resume.
-    kwargs = {"num_workers": args.workers, "collate_fn": collate_fn, "pin_memory": runtime.device.type == "cuda",
+    kwargs = {"num_workers": args.workers, "collate_fn": collate_fn, "pin_memory": runtime.pin_memory,
               "generator": torch.Generator().manual_seed(args.seed)}
     if args.workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=ignore_signals_in_worker)
@@ -48,16 +47,6 @@ def build_loaders(args: argparse.Namespace, info: DistInfo, runtime: Runtime, tr
     val_sampler = EvalBatchSampler(val_set.image_sizes(), args.eval_batch_size, info.rank, info.world_size)
     val_loader = DataLoader(val_set, batch_sampler=val_sampler, **kwargs)
     return train_loader, val_loader
-
-
-def resolve_classes(args: argparse.Namespace, train_set: SegmentationDataset) -> List[str]:
-    names = list(train_set.class_names)
-    if args.num_classes is None:
-        args.num_classes = len(names)
-    elif args.num_classes != len(names):
-        raise UsageError(f"--num-classes {args.num_classes} but the dataset at {args.data_path} declares "
-                         f"{len(names)} classes; drop --num-classes or fix the dataset's class list")
-    return names
 
 
 def build_model_for_training(args: argparse.Namespace, info: DistInfo, runtime: Runtime,

@@ -20,6 +20,7 @@ from core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from core.cli import UsageError, shown
 from core.palette import Palette
 from core.platform import atomic_copy
+from recording.run_files import BEST, LAST
 
 from .distributed import DistInfo, all_gather_objects, barrier, elastic_restart_count
 from .early_stop import EarlyStopping
@@ -184,7 +185,7 @@ def resume_path(args: argparse.Namespace, out: Path) -> Optional[Path]:
     """The checkpoint to resume from: --resume PATH, --resume auto (last.pth if any), or an elastic restart."""
     restarting = elastic_restart_count() > 0
     if args.resume == "auto" or (restarting and not args.resume):
-        last = out / "last.pth"
+        last = out / LAST
         return last if last.exists() else None
     if args.resume:
         path = Path(args.resume)
@@ -237,7 +238,7 @@ def _saved_as(path: Path) -> Optional[Tuple[Any, Any]]:
 def repair_best(out: Path, resumed: Path, state: RunState, log: logging.Logger) -> None:
     """After resuming from `out`/last.pth, makes best.pth the best epoch's checkpoint again if a kill between
     replacing last.pth and linking best.pth left it one epoch behind, or missing."""
-    last, best = out / "last.pth", out / "best.pth"
+    last, best = out / LAST, out / BEST
     if not last.is_file() or not resumed.is_file() or not os.path.samefile(resumed, last) or state.best_epoch < 0:
         return
     if best.is_file() and os.path.samefile(best, last):

@@ -1,10 +1,19 @@
 """The flags of train.py and train_multi_GPU.py, defined once so that the two scripts cannot drift."""
 import argparse
-from typing import Optional
+from typing import Sequence
 
-from core.cli import (ArgumentParser, HelpFormatter, UsageError, add_config_flags, non_negative_float,
-                      non_negative_int, positive_float, positive_int, seed)
-from core.runtime import add_runtime_flags
+from core.cli import (
+    ArgumentParser,
+    HelpFormatter,
+    UsageError,
+    add_config_flags,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+)
+from core.runtime import Runtime, add_runtime_flags
 from data_utils import DATASETS
 from src import AUX_MODELS, add_model_flags
 from transforms import Augmentation
@@ -158,18 +167,6 @@ def check_recipe(args: argparse.Namespace) -> None:
                          f"1x1, so BatchNorm sees one value per channel; use --crop-size 9 or more, or -b 2")
 
 
-def resolve_recipe(args: argparse.Namespace) -> None:
-    """Fills in the recipe defaults that depend on other flags, so that config.yaml shows the values used."""
-    if args.weight_decay is None:
-        args.weight_decay = WEIGHT_DECAY[args.optimizer]
-    if args.loss == "ce+dice" and args.dice_weight is None:
-        args.dice_weight = LossConfig().dice_weight
-    if args.loss == "focal" and args.focal_gamma is None:
-        args.focal_gamma = LossConfig().focal_gamma
-    if args.early_stop is not None and args.early_stop_min_delta is None:
-        args.early_stop_min_delta = 0.0
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Rejects combinations of flags that cannot work, before any data or model is loaded."""
     lo, hi = args.scale_range
@@ -191,5 +188,33 @@ def default_lr(batch_size: int, world_size: int, optimizer: str = "sgd") -> floa
     return REFERENCE_LR * batch_size * world_size / REFERENCE_BATCH
 
 
-def resolve_output_dir(args: argparse.Namespace) -> Optional[str]:
-    return args.output_dir or f"runs/{args.model}_{args.dataset}"
+def resolve_args(args: argparse.Namespace, world_size: int, runtime: Runtime,
+                 class_names: Sequence[str]) -> argparse.Namespace:
+    """The arguments the run uses: a copy of the parsed ones with every default that depends on other flags,
+    the machine or the data filled in (device, memory format, output directory, lr, weight decay, loss
+    parameters, number of classes). Built once, then only read: config.yaml and the checkpoints record it.
+
+    Args:
+        world_size: processes of the run (the default lr scales with the global batch).
+        runtime: the resolved runtime flags.
+        class_names: the training set's classes (--num-classes must agree with them).
+    """
+    if args.num_classes is not None and args.num_classes != len(class_names):
+        raise UsageError(f"--num-classes {args.num_classes} but the dataset at {args.data_path} declares "
+                         f"{len(class_names)} classes; drop --num-classes or fix the dataset's class list")
+    resolved = argparse.Namespace(**vars(args))
+    resolved.device, resolved.channels_last = str(runtime.device), runtime.channels_last
+    resolved.output_dir = args.output_dir or f"runs/{args.model}_{args.dataset}"
+    resolved.num_classes = len(class_names)
+    if args.lr is None:
+        resolved.lr = ADAMW_LR if args.optimizer == "adamw" else REFERENCE_LR * args.batch_size * world_size / \
+            REFERENCE_BATCH
+    if args.weight_decay is None:
+        resolved.weight_decay = WEIGHT_DECAY[args.optimizer]
+    if args.loss == "ce+dice" and args.dice_weight is None:
+        resolved.dice_weight = LossConfig().dice_weight
+    if args.loss == "focal" and args.focal_gamma is None:
+        resolved.focal_gamma = LossConfig().focal_gamma
+    if args.early_stop is not None and args.early_stop_min_delta is None:
+        resolved.early_stop_min_delta = 0.0
+    return resolved

@@ -3,41 +3,23 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
-from core.runtime import autocast
+from core.constants import IGNORE_INDEX
+from core.runtime import Runtime
+
+# normalize, prepare_images, resize_logits and whole_image lived here before inference.forward; kept importable
+# from here for scripts written against earlier versions.
+from inference.forward import Inferer, normalize, predict_scores, prepare_images, resize_logits, whole_image  # noqa: F401
+from recording.recorders import StepRecord
+
 from .distributed import all_reduce_sum, any_rank, get_world_size, is_main_process
 from .loss import LossConfig, check_target, criterion
 from .metrics import ConfusionMatrix
-from .recorders import StepRecord
-
-
-@functools.lru_cache(maxsize=None)
-def _mean_std(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    # Made once per device: building them per batch is a blocking host-to-device copy, a sync each step.
-    # Normal tensors even when first asked for under inference_mode, so that training can use them too.
-    with torch.inference_mode(False):
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-        return mean.to(device), std.to(device)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float ImageNet-normalised. Done on the device: the loader moves 4x fewer bytes."""
-    mean, std = _mean_std(images.device)
-    return (images.float() - mean) / std
-
-
-def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """Copies a uint8 batch to the device (asynchronously from pinned memory) and normalises it."""
-    images = normalize(images.to(device, non_blocking=True))
-    return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -49,12 +31,11 @@ class TrainOptions:
     """Settings of `train_one_epoch` beyond the model, data and optimizer."""
 
     num_classes: int
+    runtime: Runtime = field(default_factory=lambda: Runtime(torch.device("cpu")))  # device, autocast, layout
     aux_weight: float = 0.5
     class_weights: Optional[torch.Tensor] = None
-    amp_dtype: Optional[torch.dtype] = None
-    scaler: Optional[torch.amp.GradScaler] = None
+    scaler: Optional[torch.amp.GradScaler] = None  # Runtime.grad_scaler(): enabled for fp16 only
     clip_grad_norm: Optional[float] = None
-    channels_last: bool = False
     print_freq: int = 10
     should_stop: Callable[[], bool] = field(default=lambda: False)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -82,9 +63,8 @@ def _nonfinite_error(epoch: int, step: int) -> NonFiniteLossError:
         f"Try a lower --lr, --clip-grad-norm, or bf16 instead of fp16 autocast")
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable,
-                    device: torch.device, epoch: int, lr_scheduler, opts: TrainOptions,
-                    start_step: int = 0, prior: Tuple = (0.0, 0, 0),
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, epoch: int,
+                    lr_scheduler, opts: TrainOptions, start_step: int = 0, prior: Tuple = (0.0, 0, 0),
                     on_step: Callable[[StepRecord], None] = lambda record: None) -> EpochResult:
     """One pass over `loader` (which may start at `start_step` when resuming mid-epoch).
 
@@ -101,6 +81,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
     model.train()
     for module in opts.eval_modules:
         module.eval()
+    device = opts.runtime.device
     total = len(loader) + start_step
     bar = tqdm(total=total, initial=start_step, desc=f"epoch {epoch}", unit="img", dynamic_ncols=True,
                unit_scale=loader.batch_size * get_world_size(), disable=not is_main_process(), leave=False)
@@ -110,7 +91,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
     steps, empty, interrupted, mean_loss, t0 = 0, 0, False, math.nan, time.perf_counter()
     for step, (images, targets) in enumerate(loader, start=start_step):
         empty += int(not bool((targets != IGNORE_INDEX).any()))  # the CPU batch: no device sync
-        loss = train_batch(model, optimizer, images, targets, device, lr_scheduler, opts)
+        loss = train_batch(model, optimizer, images, targets, lr_scheduler, opts)
         loss_sum += loss
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
         steps += 1
@@ -138,23 +119,24 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
 
 
 def train_batch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, targets: torch.Tensor,
-                device: torch.device, lr_scheduler, opts: TrainOptions) -> torch.Tensor:
+                lr_scheduler, opts: TrainOptions) -> torch.Tensor:
     """What train_one_epoch does with each loader batch (and tools/benchmark.py times): checks the host masks,
     moves the uint8 batch to the device and normalises it there, takes one optimizer step and one scheduler
     step. Returns the detached loss on the device, unread (no host sync)."""
     check_target(targets, opts.num_classes)  # CPU batch: no device sync
-    images = prepare_images(images, device, opts.channels_last)
-    targets = targets.to(device, non_blocking=True)
-    loss = train_step(model, optimizer, images, targets, device, opts)
+    runtime = opts.runtime
+    images = prepare_images(images, runtime.device, runtime.channels_last)
+    targets = targets.to(runtime.device, non_blocking=True)
+    loss = train_step(model, optimizer, images, targets, opts)
     lr_scheduler.step()
     return loss.detach()
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               targets: torch.Tensor, device: torch.device, opts: TrainOptions) -> torch.Tensor:
-    """One optimizer step (autocast, gradient scaling for fp16, optional clipping); returns the loss tensor
-    without reading it, so nothing waits for the device."""
-    with autocast(device, opts.amp_dtype):
+               targets: torch.Tensor, opts: TrainOptions) -> torch.Tensor:
+    """One optimizer step on a normalised batch (autocast, gradient scaling for fp16, optional clipping);
+    returns the loss tensor without reading it, so nothing waits for the device."""
+    with opts.runtime.autocast():
         outputs = model(images)
     loss = criterion(outputs, targets, opts.aux_weight, class_weights=opts.class_weights, validate=False,
                      loss=opts.loss)
@@ -185,11 +167,6 @@ def eval_criterion(opts: TrainOptions) -> Criterion:
     return functools.partial(criterion, class_weights=opts.class_weights, validate=False, loss=opts.loss)
 
 
-def whole_image(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Logits of the whole image in one forward pass (the default inference mode)."""
-    return model(images)["out"]
-
-
 @dataclass
 class Evaluation:
     """What one evaluation measured: the confusion matrix and, when a criterion was given, the loss."""
@@ -198,27 +175,28 @@ class Evaluation:
     loss: Optional[float] = None  # mean criterion per labelled pixel, over all ranks
 
 
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
-             class_names: Optional[list] = None, amp_dtype: Optional[torch.dtype] = None,
-             channels_last: bool = False, infer: Callable = whole_image,
+def evaluate(model: nn.Module, loader: Iterable, runtime: Union[Runtime, torch.device], num_classes: int,
+             class_names: Optional[list] = None, infer: Inferer = whole_image,
              desc: str = "eval") -> ConfusionMatrix:
-    """Confusion matrix of `model` over `loader`, summed over all ranks (see `run_evaluation`)."""
-    return run_evaluation(model, loader, device, num_classes, class_names, amp_dtype, channels_last, infer,
-                          desc).confusion
+    """Confusion matrix of `model` over `loader`, summed over all ranks (see `run_evaluation`). A bare
+    torch.device is taken as fp32 on that device, contiguous."""
+    runtime = runtime if isinstance(runtime, Runtime) else Runtime(torch.device(runtime))
+    return run_evaluation(model, loader, runtime, num_classes, class_names, infer, desc).confusion
 
 
 @torch.inference_mode()
-def run_evaluation(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
-                   class_names: Optional[list] = None, amp_dtype: Optional[torch.dtype] = None,
-                   channels_last: bool = False, infer: Callable = whole_image, desc: str = "eval",
+def run_evaluation(model: nn.Module, loader: Iterable, runtime: Runtime, num_classes: int,
+                   class_names: Optional[list] = None, infer: Inferer = whole_image, desc: str = "eval",
                    criterion: Optional[Criterion] = None, on_batch: Optional[BatchHook] = None) -> Evaluation:
     """Confusion matrix (and optionally the loss) of `model` over `loader`, summed over all ranks.
 
-    Logits are resized (bilinear) to each label's own resolution before the argmax, so the metrics are
-    computed on the original masks even when the images were resized. Each rank must see a disjoint shard
-    of the data without padding (see `train_utils.sampler`), so every image counts exactly once.
+    Each batch goes through inference.forward.predict_scores, the forward pass prediction uses: the scores are
+    resized (bilinear) to each label's own resolution before the argmax, so the metrics are computed on the
+    original masks even when the images were resized. Each rank must see a disjoint shard of the data without
+    padding (see `train_utils.sampler`), so every image counts exactly once.
 
     Args:
+        runtime: device, autocast dtype and memory format (core.runtime.resolve_runtime).
         criterion: called as criterion({"out": logits}, targets) on the resized logits (so `infer` must
             return logits); each batch's mean is weighted by its labelled pixels, so with cross-entropy the
             loss is the mean over every labelled pixel of the split, whatever the batching and world size.
@@ -227,18 +205,16 @@ def run_evaluation(model: nn.Module, loader: Iterable, device: torch.device, num
             the device's targets and predicted labels, e.g. to save pictures (validation.py --save-dir).
     """
     model.eval()
+    device = runtime.device
     cm = ConfusionMatrix(num_classes, class_names, device=device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of loss x pixels, labelled pixels)
     bar = tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, disable=not is_main_process(), leave=False)
     for images, targets in bar:
-        batch = prepare_images(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            logits = infer(model, batch)
+        logits = predict_scores(model, images, runtime, infer, size=targets.shape[-2:])
         if logits.shape[1] != num_classes:  # shapes are known on the host: no sync
             raise ValueError(f"the model outputs {logits.shape[1]} classes, but the evaluation is of {num_classes}; "
                              f"check --num-classes against the checkpoint")
-        logits = resize_logits(logits, targets.shape[-2:])
         preds = logits.argmax(1)
         cm.update(targets, preds)
         if criterion is not None:
@@ -258,15 +234,3 @@ def _weighted_loss(criterion: Criterion, logits: torch.Tensor, targets: torch.Te
     pixels = (targets != IGNORE_INDEX).sum().double()
     loss = criterion({"out": logits}, targets).double()
     return torch.stack([torch.where(pixels > 0, loss * pixels, torch.zeros_like(loss)), pixels])
-
-
-def resize_logits(logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """(N, C, h, w) logits resized (bilinear, in fp32) to `size` when they differ, else returned as they are."""
-    if tuple(logits.shape[-2:]) != tuple(size):
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-    return logits
-
-
-def logits_to_labels(logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Argmax over classes after resizing (N, C, h, w) logits to `size` when they differ."""
-    return resize_logits(logits, size).argmax(1)

@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from core.runtime import Runtime
 from data_utils import read_image
-from train_utils.prediction import Prediction, predict_images
+from inference.folder import Prediction, predict_images
 
 TV_BUILDERS = {"fcn_resnet50": tv_segmentation.fcn_resnet50, "fcn_resnet101": tv_segmentation.fcn_resnet101}
 LR = 0.02  # the reference recipe's; the value does not change the speed

@@ -17,14 +17,23 @@ from torchvision.transforms.v2 import functional as TF
 
 from core.runtime import Runtime, synchronize
 from data_utils import build_dataset, read_image, read_mask
+from inference import predict_images, prepare_inference_model, size_batches
 from src import build_model, model_from_checkpoint
-from train_utils.inference import prepare_inference_model
-from train_utils.prediction import predict_images, size_batches
 from transforms import SegmentationPresetTrain
 
 from . import protocols
-from .baselines import (TV_BUILDERS, TVEval, TVFolderDataset, TVInfer, TVPresetTrain, TVTrain, has_aux,
-                        num_classes_of, one_at_a_time, tv_loader)
+from .baselines import (
+    TV_BUILDERS,
+    TVEval,
+    TVFolderDataset,
+    TVInfer,
+    TVPresetTrain,
+    TVTrain,
+    has_aux,
+    num_classes_of,
+    one_at_a_time,
+    tv_loader,
+)
 from .flops import add_compute, forward_flops
 from .inputs import image_set, random_masks, smooth_images, write_folder_dataset, write_photos
 from .ours import OurEval, OurInfer, OurTrain, decoded_with, mask_writer, our_folder, training_loader

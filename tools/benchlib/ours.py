@@ -13,10 +13,9 @@ import predict
 from core.palette import VOC_PALETTE
 from core.runtime import Runtime, compile_model
 from data_utils import SegmentationDataset, collate_fn
+from inference import FolderResult, Prediction, photo_loader, predict_folder, predict_images, prepare_inference_model
 from train_utils.builders import loader_kwargs
-from train_utils.inference import prepare_inference_model
 from train_utils.lr import create_lr_scheduler, create_optimizer
-from train_utils.prediction import FolderResult, Prediction, photo_loader, predict_folder, predict_images
 from train_utils.sampler import EvalBatchSampler, SeededDataset, TrainSampler
 from train_utils.train_eval import TrainOptions, evaluate, train_batch
 
@@ -33,20 +32,17 @@ class OurTrain:
                  total_steps: int) -> None:
         self.device = runtime.device
         model = model.to(runtime.device, memory_format=runtime.memory_format).train()
-        self.optimizer = create_optimizer(model, LR, 0.9, 1e-4, fused=runtime.device.type == "cuda")
+        self.optimizer = create_optimizer(model, LR, 0.9, 1e-4, fused=runtime.fused_optimizer)
         # The baseline's schedule (poly over the timed run, no warm-up), so that the final losses compare.
         self.scheduler = create_lr_scheduler(self.optimizer, num_step=total_steps, epochs=1, warmup=False)
-        scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
-        self.opts = TrainOptions(num_classes_of(model), amp_dtype=runtime.amp_dtype, scaler=scaler,
-                                 channels_last=runtime.channels_last)
+        self.opts = TrainOptions(num_classes_of(model), runtime, scaler=runtime.grad_scaler())
         self.model = compile_model(model, runtime)
         self.images, self.masks = pinned(images, runtime.device), pinned(masks, runtime.device)
         self.loss_sum = torch.zeros((), device=runtime.device)
         self.loss = torch.zeros(())
 
     def __call__(self) -> None:
-        self.loss = train_batch(self.model, self.optimizer, self.images, self.masks, self.device, self.scheduler,
-                                self.opts)
+        self.loss = train_batch(self.model, self.optimizer, self.images, self.masks, self.scheduler, self.opts)
         self.loss_sum += self.loss
 
     def report(self) -> dict:
@@ -61,7 +57,7 @@ class OurEval:
     def __init__(self, model: nn.Module, images: List[torch.Tensor], masks: List[torch.Tensor], runtime: Runtime,
                  batch_size: int) -> None:
         self.model = prepare_inference_model(model, runtime)
-        self.runtime, self.amp = runtime, runtime.amp_dtype
+        self.runtime = runtime
         self.num_classes = num_classes_of(model)
         sampler = EvalBatchSampler([tuple(i.shape[-2:]) for i in images], batch_size)
         batches = [collate_fn([(images[i], masks[i]) for i in idx]) for idx in sampler]
@@ -69,8 +65,7 @@ class OurEval:
         self.cm = None
 
     def __call__(self) -> None:
-        self.cm = evaluate(self.model, self.batches, self.runtime.device, self.num_classes, amp_dtype=self.amp,
-                           channels_last=self.runtime.channels_last, desc="ours")
+        self.cm = evaluate(self.model, self.batches, self.runtime, self.num_classes, desc="ours")
 
     def matrix(self) -> torch.Tensor:
         return self.cm.matrix.cpu()
@@ -117,5 +112,5 @@ def our_folder(model: nn.Module, paths: Sequence[Path], runtime: Runtime, write:
                batch_size: int, workers: int) -> FolderResult:
     """predict.py --image FOLDER: photo_loader (decoding in workers, equal sizes batched) and predict_folder
     (the model fed while writer threads save the masks)."""
-    loader = photo_loader(paths, batch_size, workers, pin_memory=runtime.device.type == "cuda")
+    loader = photo_loader(paths, batch_size, workers, pin_memory=runtime.pin_memory)
     return predict_folder(model, loader, runtime, write, progress=False)

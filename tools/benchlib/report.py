@@ -10,8 +10,7 @@ import torch
 
 from core.platform import atomic_write, nan_to_none
 from core.runtime import Runtime
-from train_utils.distributed import DistInfo
-from train_utils.run_dir import environment as run_environment
+from recording.run_dir import environment as run_environment
 
 
 def device_name(device: torch.device) -> str:
@@ -27,7 +26,7 @@ def device_name(device: torch.device) -> str:
 def environment(runtime: Runtime) -> Dict[str, Any]:
     """What train.py writes to config.yaml, plus the device's name, the CPU count, torch's threads and the
     machine's load (a benchmark on a shared machine must say how shared it was)."""
-    env = run_environment(DistInfo(), runtime)
+    env = run_environment(runtime)
     env.update(device_name=device_name(runtime.device), cpu_count=os.cpu_count(),
                torch_threads=torch.get_num_threads(), load_average_start=os.getloadavg()[0])
     if runtime.device.type == "cuda":

@@ -1,7 +1,6 @@
 """Pictures and their numbers: validation loss, steps.jsonl, curves.png, vis/ grids, TensorBoard events,
 validation.py --save-dir / --worst / the confusion matrix in --json, predict.py --alpha. Pictures are
 decoded and compared with what the test computes itself (numpy, plain torch), not only found on disk."""
-import functools
 import json
 import shutil
 import sys
@@ -11,26 +10,23 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader
 
 from core.cli import UsageError
-from core.constants import IMAGENET_MEAN, IMAGENET_STD
 from core.palette import VOC_PALETTE
+from core.runtime import Runtime
 from data_utils import read_image
+from recording.recorders import EpochRecord, IntervalLoss, StepRecord
 from src import model_from_checkpoint
-from train_utils.loss import criterion
 from train_utils.metrics import ConfusionMatrix
-from train_utils.pictures import GAP, HEADER, IGNORED, WRONG, overlay
-from train_utils.plots import CURVES_SIZE
-from train_utils.recorders import EpochRecord, StepRecord
-from train_utils.sampler import EvalBatchSampler
-from train_utils.train_eval import evaluate, run_evaluation
-from train_utils.visual import CurvesRecorder, IntervalLoss, TensorBoardRecorder
+from visualization.pictures import GAP, HEADER, IGNORED, WRONG, overlay
+from visualization.plots import CURVES_SIZE
+from visualization.recorders import CurvesRecorder, TensorBoardRecorder
 
 from conftest import run
+from independent import cross_entropy_terms, normalised
 
 PALETTE = np.array(VOC_PALETTE, dtype=np.uint8).reshape(-1, 3)
+CPU = Runtime(torch.device("cpu"))
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -59,93 +55,11 @@ def panel(picture: np.ndarray, index: int, size: tuple, row: int = 0) -> np.ndar
     return picture[top:top + h, left:left + w]
 
 
-def normalised(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) ImageNet-normalised float, written out here independently."""
-    x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
-    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-
-def cross_entropy_terms(logits: torch.Tensor, target: np.ndarray) -> tuple:
-    """(sum of -log softmax at the label, labelled pixels) of one image, with logsumexp by hand."""
-    logits = logits[0].double()  # (C, H, W)
-    t = torch.from_numpy(target.astype(np.int64))
-    keep = t != 255
-    log_prob = logits - torch.logsumexp(logits, 0, keepdim=True)
-    picked = log_prob.gather(0, t.clamp(max=logits.shape[0] - 1)[None])[0]
-    return float(-picked[keep].sum()), int(keep.sum())
-
-
 def demo_val(demo: Path):
     voc = demo / "VOCdevkit" / "VOC2012"
     ids = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
     return voc, ids
 
-
-# ------------------------------------------------------------------------------- validation loss
-
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 3, 1))
-
-    def forward(self, x):
-        return {"out": self.body(x), "aux": self.body(x) * 0}  # an aux head the validation loss must ignore
-
-
-def tiny_items(n: int = 7):
-    gen = torch.Generator().manual_seed(1)
-    items = []
-    for i in range(n):
-        h, w = [(10, 12), (12, 10)][i % 2]
-        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
-        mask = torch.randint(0, 3, (h, w), dtype=torch.uint8, generator=gen)
-        mask[: i % 3] = 255
-        if i == 4:
-            mask[:] = 255  # an image without labelled pixels adds nothing (and no NaN)
-        items.append((image, mask))
-    return items
-
-
-def tiny_loader(items, batch: int):
-    sampler = EvalBatchSampler([tuple(m.shape) for _, m in items], batch)
-    return DataLoader(items, batch_sampler=sampler, collate_fn=lambda b: tuple(map(torch.stack, zip(*b))))
-
-
-def test_validation_loss_equals_an_independent_cross_entropy_and_changes_no_metric():
-    torch.manual_seed(0)
-    model, items = TinyNet().eval(), tiny_items()
-    loss_fn = functools.partial(criterion, validate=False)
-    results = [run_evaluation(model, tiny_loader(items, b), torch.device("cpu"), 3, criterion=loss_fn)
-               for b in (1, 3)]
-    total, pixels = 0.0, 0
-    with torch.no_grad():
-        for image, mask in items:
-            s, n = cross_entropy_terms(model.body(normalised(image.permute(1, 2, 0).numpy())), mask.numpy())
-            total, pixels = total + s, pixels + n
-    for result in results:  # the mean over every labelled pixel, whatever the batching
-        assert result.loss == pytest.approx(total / pixels, rel=1e-5)
-    plain = evaluate(model, tiny_loader(items, 3), torch.device("cpu"), 3)
-    assert torch.equal(results[1].confusion.matrix, plain.matrix)
-
-
-def test_evaluation_reads_the_device_a_fixed_number_of_times(monkeypatch):
-    """The loss is summed on the device: the host reads it once per evaluation, not once per batch."""
-    reads = {"n": 0}
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
-        original = getattr(torch.Tensor, name)
-
-        def counted(self, *a, _original=original, **k):
-            reads["n"] += 1
-            return _original(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    model, items = TinyNet().eval(), tiny_items(8)
-    counts = []
-    for batch in (8, 1):  # 2 batches, then 8
-        reads["n"] = 0
-        run_evaluation(model, tiny_loader(items, batch), torch.device("cpu"), 3,
-                       criterion=functools.partial(criterion, validate=False))
-        counts.append(reads["n"])
-    assert counts[0] == counts[1] > 0
 
 
 # ----------------------------------------------------------------------------------- TensorBoard

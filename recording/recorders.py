@@ -1,6 +1,7 @@
 """Recorders: where the training loop's numbers go. The loop hands structured records to a list of
-recorders on rank 0, after the host sync it already makes; train.log, results.txt and metrics.jsonl are the
-first three, and a TensorBoard writer or a plot is one more recorder, not an edit of the loop.
+recorders on rank 0, after the host sync it already makes; train.log, results.txt, metrics.jsonl and steps.jsonl
+are the first four, and a TensorBoard writer or a plot is one more recorder, not an edit of the loop (the ones
+that draw are in visualization.recorders).
 
     class MyRecorder(Recorder):
         def on_step(self, record: StepRecord) -> None: ...    # every --print-freq iterations
@@ -8,17 +9,16 @@ first three, and a TensorBoard writer or a plot is one more recorder, not an edi
 """
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from core.platform import append_jsonl, append_text, atomic_write
+from core.platform import append_jsonl, append_text, atomic_write, nan_to_none
 
-from .metrics import ConfusionMatrix
-
-RESULTS_FILE = "results.txt"
-METRICS_FILE = "metrics.jsonl"
+from .history import read_jsonl
+from .run_files import METRICS_FILE, RESULTS_FILE, STEPS_FILE
 
 
 @dataclass
@@ -48,7 +48,9 @@ class EpochRecord:
     images_per_s: float
     epoch_time_s: float
     steps_per_epoch: int
-    confusion: Optional[ConfusionMatrix] = None
+    # A train_utils.metrics.ConfusionMatrix (str() is the reference summary, .matrix the pixel counts); typed
+    # loosely so that the records do not depend on the engine that fills them.
+    confusion: Optional[Any] = None
     metrics: Optional[Dict[str, Any]] = None
     extra: Dict[str, Any] = field(default_factory=dict)  # values other parts of the run add (e.g. val_loss)
 
@@ -160,9 +162,68 @@ class MetricsRecorder(Recorder):
         append_jsonl(self.path, record.as_dict())
 
 
-def default_recorders(out: Path, log: logging.Logger) -> List[Recorder]:
-    """The recorders every run has: train.log lines, results.txt and metrics.jsonl."""
-    return [LogRecorder(log), ResultsRecorder(out), MetricsRecorder(out)]
+class IntervalLoss:
+    """The mean loss of each print interval, from the running epoch means the loop reports: with m_s the
+    mean over the first s iterations, the interval (p, s] has mean (m_s s - m_p p) / (s - p)."""
+
+    def __init__(self) -> None:
+        self.last: Optional[Tuple[int, int, float]] = None  # (epoch, step, running mean) of the last record
+        self.cache: Tuple[int, float] = (-1, math.nan)  # (global step, value): each record is computed once
+
+    def seed(self, epoch: int, step: int, loss: float) -> None:
+        self.last = (epoch, step, loss)
+
+    def __call__(self, record: StepRecord) -> float:
+        if self.cache[0] == record.global_step:
+            return self.cache[1]
+        prev_step, prev_loss = 0, 0.0
+        if self.last is not None and self.last[0] == record.epoch and self.last[1] < record.step:
+            prev_step, prev_loss = self.last[1], self.last[2]
+        value = (record.loss * record.step - prev_loss * prev_step) / (record.step - prev_step)
+        self.last, self.cache = (record.epoch, record.step, record.loss), (record.global_step, value)
+        return value
+
+
+class StepsRecorder(Recorder):
+    """steps.jsonl: one line per print interval (loss, interval loss, lr, images/s, the global step). A resume
+    drops the lines past the checkpoint's step, so nothing is duplicated or rewound."""
+
+    def __init__(self, out: Path, interval_loss: IntervalLoss, resume_step: int) -> None:
+        self.path, self.interval_loss, self.resume_step = Path(out) / STEPS_FILE, interval_loss, resume_step
+
+    def start(self, next_epoch: int) -> None:
+        lines = read_jsonl(self.path)
+        kept = [r for r in lines if isinstance(r.get("global_step"), int) and r["global_step"] <= self.resume_step]
+        if self.path.exists() and (kept != lines or self.path.read_bytes().count(b"\n") != len(lines)):
+            text = "".join(_json_line(r) for r in kept)
+            atomic_write(self.path, lambda f: f.write(text.encode()))
+        if kept:
+            self.interval_loss.seed(kept[-1]["epoch"], kept[-1]["step"], kept[-1]["loss"])
+
+    def on_step(self, record: StepRecord) -> None:
+        line = {"epoch": record.epoch, "step": record.step, "global_step": record.global_step,
+                "steps_per_epoch": record.steps_per_epoch, "loss": record.loss,
+                "interval_loss": self.interval_loss(record), "lr": record.lr, "images_per_s": record.images_per_s}
+        # A plain append, not append_jsonl's atomic rewrite: this file grows by a line every print interval,
+        # and rewriting it each time would cost quadratic I/O. A torn last line is skipped when read.
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(_json_line(line))
+
+
+def _json_line(record: Dict) -> str:
+    return json.dumps(nan_to_none(record)) + "\n"  # strict JSON (NaN as null), as append_jsonl writes
+
+
+def default_recorders(out: Path, log: logging.Logger, interval_loss: IntervalLoss,
+                      resume_step: int) -> List[Recorder]:
+    """The recorders every run has: train.log lines, results.txt, metrics.jsonl and steps.jsonl.
+
+    Args:
+        interval_loss: shared with the other recorders that plot the per-interval loss (TensorBoard).
+        resume_step: the global step the run continues from (0 for a new run).
+    """
+    return [LogRecorder(log), ResultsRecorder(out), MetricsRecorder(out),
+            StepsRecorder(out, interval_loss, resume_step)]
 
 
 def _block_epoch(block: str) -> Optional[int]:

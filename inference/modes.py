@@ -1,25 +1,22 @@
 """Inference modes for evaluation and prediction: whole image, sliding window, multi-scale + flip TTA.
 
 An inferer is any callable `infer(model, images) -> (N, C, H, W)` at the images' size, as taken by
-`evaluate(..., infer=...)`; `make_inferer` builds one from the command-line flags of `add_inference_flags`.
+`inference.forward.predict_scores` and `train_utils.evaluate(..., infer=...)`; `make_inferer` builds one from
+the command-line flags of `add_inference_flags`.
 """
 import argparse
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.cli import UsageError, positive_float, positive_int
-from core.runtime import Runtime, compile_model
-from src import CheckpointModel, model_from_checkpoint
-from src.fuse import prepare_for_inference
 
-from .train_eval import whole_image
+from .forward import Inferer, resize_logits, whole_image
 
-Inferer = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 IntPair = Union[int, Tuple[int, int]]
 
 
@@ -143,17 +140,17 @@ def tta_inference(model: nn.Module, images: torch.Tensor, scales: Sequence[float
     size = images.shape[-2:]
     probs = None
     for scale in scales:
-        scaled = _resize(images, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
+        scaled = _resize_images(images, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
         for flipped in (False, True) if flip else (False,):
             x = scaled.flip(-1) if flipped else scaled
-            logits = _resize(base(model, x), size)
+            logits = resize_logits(base(model, x), size)
             p = logits.float().softmax(1)  # fp32: averaging bf16 probabilities would lose the small ones
             p = p.flip(-1) if flipped else p
             probs = p if probs is None else probs.add_(p)
     return probs / (len(scales) * (2 if flip else 1))
 
 
-def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def _resize_images(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x  # scale 1: skip the resampling, so that it is exactly the plain result
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
@@ -246,21 +243,6 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
                        help="fold BatchNorm into the convolutions: faster, but the logits move by float rounding, "
                             "so off by default (validation.py then equals the training run's evaluation, and "
                             "predict.py writes the masks validation.py scores)")
-
-
-def load_inference_model(args: argparse.Namespace, runtime: Runtime) -> Tuple[CheckpointModel, nn.Module]:
-    """The checkpoint of --weights rebuilt (--model/--num-classes for raw state dicts), prepared for inference
-    the same way in validation.py and predict.py: eval mode, no aux head, BN folded with --fold-bn, on the
-    runtime's device and memory format, compiled with --compile."""
-    loaded = model_from_checkpoint(args.weights, args.model, args.num_classes)
-    return loaded, prepare_inference_model(loaded.model, runtime, args.fold_bn)
-
-
-def prepare_inference_model(model: nn.Module, runtime: Runtime, fold_bn: bool = False) -> nn.Module:
-    """What load_inference_model does to the rebuilt model (and tools/benchmark.py to its own): eval mode, no
-    aux head, BN folded if `fold_bn`, on the runtime's device and memory format, compiled if it says so."""
-    model = prepare_for_inference(model, runtime.device, runtime.channels_last, fold=fold_bn)
-    return compile_model(model, runtime)
 
 
 def inferer_from_args(args: argparse.Namespace) -> Optional[InferenceMode]:

@@ -9,9 +9,7 @@ import torch
 
 from core.palette import PathLike
 
-from .recorders import METRICS_FILE
-
-STEPS_FILE = "steps.jsonl"
+from .run_files import CHECKPOINTS, METRICS_FILE, STEPS_FILE
 
 
 def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
@@ -63,7 +61,7 @@ def load_history(run_dir: PathLike, class_names: Optional[List[str]] = None) -> 
 
 def checkpoint_class_names(run_dir: Path) -> Optional[List[str]]:
     """Class names stored in the run's last.pth or best.pth (memory-mapped: the weights are not read)."""
-    for name in ("last.pth", "best.pth"):
+    for name in CHECKPOINTS:
         try:
             names = torch.load(run_dir / name, map_location="cpu", weights_only=True, mmap=True).get("class_names")
         except Exception:  # a missing, foreign or damaged file only costs the names

@@ -1,5 +1,5 @@
-"""The recorders that make a run visible: steps.jsonl (every print interval), curves.png (after every
-epoch), vis/epoch_<E>.png (predictions on a fixed set of validation images) and TensorBoard (--tensorboard).
+"""The recorders that draw a run: curves.png (after every epoch, from steps.jsonl and metrics.jsonl),
+vis/epoch_<E>.png (predictions on a fixed set of validation images) and TensorBoard (--tensorboard).
 
 Like every recorder they run on rank 0 only, after the host sync the loop already makes. The pictures
 predict with the unwrapped model on rank 0 (a handful of images, once per epoch); the other ranks go on to
@@ -7,10 +7,10 @@ the checkpoint's collective and wait there, so no training step waits for a pict
 
 Step axis: StepRecord.global_step (iterations since the start of the run); per-epoch values are put at the
 step that ends their epoch, (epoch + 1) x steps per epoch. A resume continues that axis: records past the
-checkpoint are dropped from steps.jsonl and purged from TensorBoard, so nothing is duplicated or rewound.
+checkpoint are dropped from steps.jsonl (recording.recorders) and purged from TensorBoard, so nothing is
+duplicated or rewound.
 """
 import argparse
-import json
 import logging
 import math
 from pathlib import Path
@@ -19,24 +19,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from core.cli import UsageError
 from core.palette import VOC_PALETTE, Palette
-from core.platform import atomic_write, nan_to_none
-from core.runtime import Runtime, autocast
+from core.runtime import Runtime
 from data_utils import SegmentationDataset
+from inference.forward import predict_scores, resize_logits
+from recording.history import load_history
+from recording.recorders import EpochRecord, IntervalLoss, Recorder, StepRecord
+from recording.run_files import CURVES_FILE, TENSORBOARD_DIR, VIS_DIR
 
 from . import pictures
-from .history import STEPS_FILE, load_history, read_jsonl
 from .plots import confusion_figure, curves_figure, figure_array, require_matplotlib, save_figure
-from .recorders import EpochRecord, Recorder, StepRecord
-from .train_eval import prepare_images, resize_logits
 
-CURVES_FILE = "curves.png"
-VIS_DIR = "vis"
-TENSORBOARD_DIR = "tensorboard"
 VIS_IMAGES = 4  # validation images in each vis/ grid and TensorBoard panel set
 VIS_MAX_SIDE = 320  # px: larger panels are shrunk, so a grid of VOC photos stays a few hundred KB
 
@@ -48,57 +44,6 @@ def require_tensorboard() -> None:
     except ImportError:
         raise UsageError("--tensorboard needs the tensorboard package, which is not installed: "
                          "pip install tensorboard") from None
-
-
-class IntervalLoss:
-    """The mean loss of each print interval, from the running epoch means the loop reports: with m_s the
-    mean over the first s iterations, the interval (p, s] has mean (m_s s - m_p p) / (s - p)."""
-
-    def __init__(self) -> None:
-        self.last: Optional[Tuple[int, int, float]] = None  # (epoch, step, running mean) of the last record
-        self.cache: Tuple[int, float] = (-1, math.nan)  # (global step, value): each record is computed once
-
-    def seed(self, epoch: int, step: int, loss: float) -> None:
-        self.last = (epoch, step, loss)
-
-    def __call__(self, record: StepRecord) -> float:
-        if self.cache[0] == record.global_step:
-            return self.cache[1]
-        prev_step, prev_loss = 0, 0.0
-        if self.last is not None and self.last[0] == record.epoch and self.last[1] < record.step:
-            prev_step, prev_loss = self.last[1], self.last[2]
-        value = (record.loss * record.step - prev_loss * prev_step) / (record.step - prev_step)
-        self.last, self.cache = (record.epoch, record.step, record.loss), (record.global_step, value)
-        return value
-
-
-class StepsRecorder(Recorder):
-    """steps.jsonl: one line per print interval (loss, interval loss, lr, images/s, the global step)."""
-
-    def __init__(self, out: Path, interval_loss: IntervalLoss, resume_step: int) -> None:
-        self.path, self.interval_loss, self.resume_step = Path(out) / STEPS_FILE, interval_loss, resume_step
-
-    def start(self, next_epoch: int) -> None:
-        lines = read_jsonl(self.path)
-        kept = [r for r in lines if isinstance(r.get("global_step"), int) and r["global_step"] <= self.resume_step]
-        if self.path.exists() and (kept != lines or self.path.read_bytes().count(b"\n") != len(lines)):
-            text = "".join(_json_line(r) for r in kept)
-            atomic_write(self.path, lambda f: f.write(text.encode()))
-        if kept:
-            self.interval_loss.seed(kept[-1]["epoch"], kept[-1]["step"], kept[-1]["loss"])
-
-    def on_step(self, record: StepRecord) -> None:
-        line = {"epoch": record.epoch, "step": record.step, "global_step": record.global_step,
-                "steps_per_epoch": record.steps_per_epoch, "loss": record.loss,
-                "interval_loss": self.interval_loss(record), "lr": record.lr, "images_per_s": record.images_per_s}
-        # A plain append, not append_jsonl's atomic rewrite: this file grows by a line every print interval,
-        # and rewriting it each time would cost quadratic I/O. A torn last line is skipped when read.
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(_json_line(line))
-
-
-def _json_line(record: Dict) -> str:
-    return json.dumps(nan_to_none(record)) + "\n"  # strict JSON (NaN as null), as append_jsonl writes
 
 
 class CurvesRecorder(Recorder):
@@ -152,10 +97,7 @@ class VisSamples:
             by_size.setdefault(tuple(image.shape), []).append(k)
         preds: Dict[int, np.ndarray] = {}
         for group in by_size.values():
-            x = prepare_images(torch.stack([samples[k][0] for k in group]), self.runtime.device,
-                               self.runtime.channels_last)
-            with autocast(self.runtime.device, self.runtime.amp_dtype):
-                logits = self.model(x)["out"]
+            logits = predict_scores(self.model, torch.stack([samples[k][0] for k in group]), self.runtime)
             for k, logit in zip(group, logits):
                 size = tuple(samples[k][1].shape)
                 preds[k] = resize_logits(logit[None], size).argmax(1)[0].to(torch.uint8).cpu().numpy()
@@ -191,12 +133,7 @@ class VisRecorder(Recorder):
         rows = [pictures.sample_panels(*s, palette=self.palette) for s in self.samples.predictions(record.epoch)]
         picture = pictures.grid(rows, pictures.GRID_TITLES, max_side=VIS_MAX_SIDE)
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_png(picture, self.dir / f"epoch_{record.epoch}.png")
-
-
-def write_png(picture: np.ndarray, path: Path) -> None:
-    """An (H, W, 3) uint8 array as a PNG, atomically."""
-    atomic_write(path, lambda f: Image.fromarray(picture).save(f, format="PNG"))
+        pictures.write_png(picture, self.dir / f"epoch_{record.epoch}.png")
 
 
 class TensorBoardRecorder(Recorder):
@@ -268,16 +205,16 @@ def confusion_picture(matrix: np.ndarray, class_names: Sequence[str]) -> np.ndar
 
 def visual_recorders(args: argparse.Namespace, out: Path, log: logging.Logger, model: nn.Module,
                      val_set: SegmentationDataset, runtime: Runtime, class_names: Sequence[str],
-                     palette: Optional[Palette], resume_step: int) -> List[Recorder]:
-    """steps.jsonl and curves.png always; vis/ grids unless --vis-every 0 (by default at every evaluation);
-    TensorBoard with --tensorboard.
+                     palette: Optional[Palette], interval_loss: IntervalLoss, resume_step: int) -> List[Recorder]:
+    """curves.png always; vis/ grids unless --vis-every 0 (by default at every evaluation); TensorBoard with
+    --tensorboard. They come after recording.default_recorders, whose files curves.png is drawn from.
 
     Args:
         model: the unwrapped model (not DDP, not compiled), for the pictures' predictions on rank 0.
+        interval_loss: the one steps.jsonl uses (recording.default_recorders).
         resume_step: the global step the run continues from (0 for a new run).
     """
-    interval_loss = IntervalLoss()
-    recorders: List[Recorder] = [StepsRecorder(out, interval_loss, resume_step), CurvesRecorder(out, log)]
+    recorders: List[Recorder] = [CurvesRecorder(out, log)]
     samples = VisSamples(val_set, model, runtime) if args.vis_every != 0 or args.tensorboard else None
     if args.vis_every != 0:
         every = args.eval_every if args.vis_every is None else args.vis_every

@@ -5,7 +5,7 @@ Strip layout (what the tests decode): a title strip HEADER px high, then the pan
 the cell size and GAP px apart, on a white background. Panels are never resampled unless a grid is asked
 for a `max_side`, so a prediction panel holds exactly the palette colours of the predicted mask.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_segmentation_masks
 
 from core.constants import IGNORE_INDEX
-from core.palette import VOC_PALETTE, Palette, class_name
+from core.palette import VOC_PALETTE, Palette, PathLike, class_name
+from core.platform import atomic_write
 
 HEADER = 14  # px of the title strip
 GAP = 4  # px of white between panels and between rows
@@ -141,6 +142,11 @@ def _with_legend(picture: Image.Image, present: List[int], class_names: Optional
     return canvas
 
 
+def write_png(picture: np.ndarray, path: PathLike) -> None:
+    """An (H, W, 3) uint8 array as a PNG, atomically."""
+    atomic_write(path, lambda f: Image.fromarray(picture).save(f, format="PNG"))
+
+
 def heatmap(matrix: np.ndarray, cell: int = 16) -> np.ndarray:
     """A row-normalised confusion matrix as an (n*cell, n*cell, 3) uint8 picture, white (0) to dark blue
     (1): the TensorBoard image when matplotlib, which draws the labelled one, is not installed."""
@@ -149,7 +155,3 @@ def heatmap(matrix: np.ndarray, cell: int = 16) -> np.ndarray:
     colour = 255 - frac[..., None] * np.array([230, 190, 110])  # white -> (25, 65, 145)
     return np.kron(colour, np.ones((cell, cell, 1))).astype(np.uint8)
 
-
-def panel_origin(index: int, cell: Tuple[int, int], row: int = 0) -> Tuple[int, int]:
-    """(top, left) of panel `index` of row `row` in a strip or grid whose cells are `cell` = (H, W)."""
-    return HEADER + row * (cell[0] + GAP), index * (cell[1] + GAP)

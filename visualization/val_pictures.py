@@ -1,13 +1,13 @@
 """validation.py's pictures: per image the predicted mask and an image | ground truth | prediction | errors
 tile, the per-image mean IoU that finds the worst images, and the confusion and per-class IoU figures.
 
-Each rank writes the images of its own shard; the per-image scores are gathered on rank 0, which draws the
-figures and keeps the worst images' tiles.
+Each rank writes the images of its own shard; the per-image scores are gathered (by the caller's collective)
+on rank 0, which draws the figures and keeps the worst images' tiles.
 """
 import math
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,10 +19,7 @@ from core.platform import atomic_copy
 from data_utils import save_mask
 
 from . import pictures
-from .distributed import all_gather_objects
-from .metrics import ConfusionMatrix
 from .plots import class_iou_figure, confusion_figure, require_matplotlib, save_figure
-from .visual import write_png
 
 MASKS_DIR, TILES_DIR, WORST_DIR = "masks", "tiles", "worst"
 CONFUSION_FILE, CLASS_IOU_FILE = "confusion.png", "per_class_iou.png"
@@ -66,11 +63,12 @@ class ValidationPictures:
             self.scores.append((stem, image_mean_iou(target, pred, self.num_classes)))
             if self.save_dir is not None:
                 save_mask(pred, self.save_dir / MASKS_DIR / f"{stem}.png", self.palette)
-                write_png(pictures.tile(image, target, pred, self.palette), self.save_dir / TILES_DIR / f"{stem}.png")
+                pictures.write_png(pictures.tile(image, target, pred, self.palette), self.save_dir / TILES_DIR / f"{stem}.png")
 
-    def worst(self, k: int) -> List[Tuple[str, float]]:
-        """The k images with the lowest mean IoU over all ranks (collective: call on every rank)."""
-        scores = [s for part in all_gather_objects(self.scores) for s in part if not math.isnan(s[1])]
+    def worst(self, k: int, gather: Callable[[Any], List[Any]] = lambda scores: [scores]) -> List[Tuple[str, float]]:
+        """The k images with the lowest mean IoU; `gather` collects every rank's scores (all_gather_objects
+        under DDP, then a collective: call it on every rank)."""
+        scores = [s for part in gather(self.scores) for s in part if not math.isnan(s[1])]
         return sorted(scores, key=lambda s: (s[1], s[0]))[:k]
 
 
@@ -88,8 +86,9 @@ def prepare_save_dir(save_dir: Path) -> None:
                          f"--save-dir") from None
 
 
-def save_figures(save_dir: Path, cm: ConfusionMatrix, class_names: Sequence[str]) -> None:
-    """confusion.png (row-normalised heatmap) and per_class_iou.png (sorted bars)."""
+def save_figures(save_dir: Path, cm: Any, class_names: Sequence[str]) -> None:
+    """confusion.png (row-normalised heatmap) and per_class_iou.png (sorted bars) of a ConfusionMatrix (its
+    .matrix and .metrics())."""
     save_figure(confusion_figure(cm.matrix.cpu().numpy(), class_names), save_dir / CONFUSION_FILE)
     save_figure(class_iou_figure(cm.metrics()["iou"], class_names), save_dir / CLASS_IOU_FILE)
 

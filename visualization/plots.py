@@ -12,8 +12,7 @@ import numpy as np
 from core.cli import UsageError
 from core.palette import PathLike, class_name
 from core.platform import atomic_write
-
-from .history import RunHistory
+from recording.history import RunHistory
 
 DPI = 100
 CURVES_SIZE = (1500, 450)  # px of curves.png: loss | metrics | learning rate

@@ -21,16 +21,7 @@ from core.cli import UsageError
 from core.platform import FileLock, atomic_write
 from core.runtime import Runtime
 
-from .distributed import DistInfo, elastic_restart_count
-
-LOG_FILE = "train.log"
-CONFIG_FILE = "config.yaml"
-CHECKPOINTS = ("last.pth", "best.pth")
-RECORDS = ("results.txt", "metrics.jsonl")
-RUN_LOCK = ".run.lock"
-# Temporary files of the run's own atomic writes; a kill mid-write leaves one behind (a whole checkpoint's
-# worth of bytes). Only these names: other tools (validation.py's record) may be writing in the folder.
-ORPHAN_PATTERNS = (".*.pth.*.tmp", ".write_test.*.tmp", *(f".{name}.*.tmp" for name in (*RECORDS, CONFIG_FILE)))
+from .run_files import BEST, CHECKPOINTS, CONFIG_FILE, LAST, LOG_FILE, ORPHAN_PATTERNS, RECORDS, RUN_LOCK
 
 # The run directories this process owns (one per directory, held until the run ends or the process dies).
 _OWNED: Dict[str, FileLock] = {}
@@ -78,9 +69,14 @@ def remove_orphaned_temporaries(out: Path) -> List[str]:
     return notes
 
 
-def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int) -> Tuple[Path, List[str]]:
+def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int,
+                       restarting: bool = False) -> Tuple[Path, List[str]]:
     """Creates and claims the run directory, refusing to clobber an existing run or to start on a full disk.
 
+    Args:
+        args: the resolved training arguments (output_dir, resume, overwrite).
+        est_checkpoint_bytes: the size of one checkpoint of this run's model.
+        restarting: an elastic restart of torchrun, which continues the run in place.
     Returns the directory and notes for the log (orphaned temporary files removed).
     """
     out = Path(args.output_dir)
@@ -94,7 +90,6 @@ def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int) -> T
     except OSError as e:
         raise UsageError(f"--output-dir {out} is not writable ({e.strerror or e}); choose another "
                          f"--output-dir") from None
-    restarting = elastic_restart_count() > 0
     # Everything below reads and changes the directory: only as its owner, so no other run interleaves.
     claim_run_dir(out, wait_s=60.0 if restarting else 0.0)
     # Records without any checkpoint are those of a run that died before its first one: a new run replaces them.
@@ -102,11 +97,11 @@ def prepare_output_dir(args: argparse.Namespace, est_checkpoint_bytes: int) -> T
     if existing and not (args.resume or args.overwrite or restarting):
         raise UsageError(f"--output-dir {out} already holds a run ({', '.join(existing)}); pass --resume auto to "
                          f"continue it, --overwrite to start over, or choose another --output-dir")
-    resumable = (out / "last.pth").is_file()
+    resumable = (out / LAST).is_file()
     if args.resume == "auto" and not resumable and existing and not (args.overwrite or restarting):
         # Starting afresh here would wipe the records and replace best.pth with an epoch-0 model.
         raise UsageError(f"--resume auto: --output-dir {out} holds a run ({', '.join(run_files(out))}) but no "
-                         f"last.pth to continue from; resume from another checkpoint (--resume {out / 'best.pth'}), "
+                         f"{LAST} to continue from; resume from another checkpoint (--resume {out / BEST}), "
                          f"start over with --overwrite, or choose another --output-dir")
     if existing and args.overwrite and not (args.resume and resumable):
         (out / LOG_FILE).unlink(missing_ok=True)  # a new log; the records are rewound by the recorders
@@ -163,17 +158,18 @@ def setup_logging(out: Path, is_main: bool) -> logging.Logger:
     return log
 
 
-def environment(info: DistInfo, runtime: Runtime) -> Dict[str, Any]:
+def environment(runtime: Runtime, world_size: int = 1) -> Dict[str, Any]:
+    """Versions, platform, device and precision: what a number depends on besides the arguments."""
     env = {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
            "python": sys.version.split()[0], "platform": sys.platform, "device": str(runtime.device),
-           "precision": runtime.precision, "world_size": info.world_size}
+           "precision": runtime.precision, "world_size": world_size}
     if runtime.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(runtime.device)
     return env
 
 
-def write_config(out: Path, args: argparse.Namespace, info: DistInfo, runtime: Runtime) -> None:
+def write_config(out: Path, args: argparse.Namespace, runtime: Runtime, world_size: int = 1) -> None:
     """The resolved arguments plus versions and device, next to the checkpoints."""
-    data = {"args": vars(args), "environment": environment(info, runtime)}
+    data = {"args": vars(args), "environment": environment(runtime, world_size)}
     text = yaml.safe_dump(data, sort_keys=False)
     atomic_write(out / CONFIG_FILE, lambda f: f.write(text.encode()))

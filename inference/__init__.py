@@ -1,0 +1,33 @@
+"""Running a trained model: what predict.py, validation.py and the training evaluation share.
+
+    inference.forward  normalising photos, the one forward pass (autocast, memory format, logits resized)
+    inference.modes    whole image, sliding window, multi-scale + flip; the inference flags
+    inference.loading  a checkpoint rebuilt and prepared for inference
+    inference.photos   photos decoded in loader workers, batched by size
+    inference.folder   folder prediction: batches through the model, files written by background threads
+    inference.outputs  the names of predict.py's files
+
+It imports core/, src/ and data_utils/ only: running a model does not need the training engine.
+"""
+from .folder import BackgroundWriter, FolderResult, Prediction, predict_folder, predict_images
+from .forward import Inferer, normalize, predict_scores, prepare_images, resize_logits, whole_image
+from .loading import load_inference_model, prepare_inference_model
+from .modes import (
+                    InferenceMode,
+                    add_inference_flags,
+                    inferer_from_args,
+                    make_inferer,
+                    slide_inference,
+                    tta_inference,
+                    window_starts,
+)
+from .outputs import output_stems, refuse_overwriting_inputs
+from .photos import PhotoBatch, PhotoFolder, photo_loader, size_batches
+
+__all__ = [
+    "BackgroundWriter", "FolderResult", "Inferer", "InferenceMode", "PhotoBatch", "PhotoFolder", "Prediction",
+    "add_inference_flags", "inferer_from_args", "load_inference_model", "make_inferer", "normalize",
+    "output_stems", "photo_loader", "predict_folder", "predict_images", "predict_scores", "prepare_images",
+    "prepare_inference_model", "refuse_overwriting_inputs", "resize_logits", "size_batches", "slide_inference",
+    "tta_inference", "whole_image", "window_starts",
+]

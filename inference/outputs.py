@@ -1,0 +1,38 @@
+"""The names of the files predict.py writes for a folder of photos: one distinct stem per photo, and no output
+that would replace an input."""
+from collections import Counter
+from pathlib import Path
+from typing import List, Sequence
+
+from core.cli import UsageError
+
+
+def output_stems(paths: Sequence[Path], endings: Sequence[str] = (".png",)) -> List[str]:
+    """A stem per photo such that no two photos' output files (stem + each of `endings`) coincide: the photo's
+    own stem, stem_ext when photos share a stem (a.jpg and a.png give a_jpg and a_png), then numbered
+    (stem_2, ...) where a name is still taken, e.g. by another photo's overlay. Compared case-insensitively,
+    as macOS and Windows file systems compare names."""
+    shared = Counter(p.stem.casefold() for p in paths)
+    claimed: set = set()
+    stems = []
+    for path in paths:
+        stem = path.stem if shared[path.stem.casefold()] == 1 else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+        name, n = stem, 1
+        while any((name + ending).casefold() in claimed for ending in endings):
+            n += 1
+            name = f"{stem}_{n}"
+        claimed.update((name + ending).casefold() for ending in endings)
+        stems.append(name)
+    return stems
+
+
+def refuse_overwriting_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
+    """Raises a UsageError before anything is written if an output file would replace an input photo."""
+    by_name = {str(p.resolve()).casefold(): p for p in inputs}
+    for out in outputs:
+        photo = by_name.get(str(out.resolve()).casefold())
+        if photo is None and out.exists():
+            photo = next((p for p in inputs if p.exists() and out.samefile(p)), None)  # hard or symbolic links
+        if photo is not None:
+            raise UsageError(f"--output: writing {out} would overwrite the input photo {photo}; write the "
+                             f"predictions to another folder (--output)")
