@@ -265,3 +265,19 @@ def test_evaluation_reads_the_device_a_fixed_number_of_times(monkeypatch):
                        criterion=functools.partial(criterion, validate=False))
         counts.append(reads["n"])
     assert counts[0] == counts[1] > 0
+
+
+def test_the_resolved_arguments_are_a_copy_and_size_the_disk_check_by_the_run_s_classes(monkeypatch):
+    import train
+    from train_utils import trainer
+    from train_utils.options import resolve_args
+
+    args = train.parse_args(["--data-path", "x", "--model", "fcn32s", "-b", "2", "--device", "cpu"])
+    before = dict(vars(args))
+    resolved = resolve_args(args, 1, Runtime(torch.device("cpu")), ["background", "cat", "dog"])
+    assert vars(args) == before  # the parsed flags are read, never written back
+    assert resolved.num_classes == 3 and resolved.lr == pytest.approx(0.02 * 2 / 32)
+    seen = []
+    monkeypatch.setattr(trainer, "build_model", lambda name, classes, aux: seen.append(classes) or nn.Conv2d(1, 1, 1))
+    trainer.checkpoint_bytes(resolved)
+    assert seen == [3]
