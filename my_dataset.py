@@ -33,6 +33,7 @@ from data_utils import (
     SegmentationFolder,
     Transforms,
     VOCSegmentation,
+    add_max_image_pixels_flag,
     boundary_band,
     build_dataset,
     check_mask_values,
@@ -55,6 +56,7 @@ from data_utils import (
     read_split_ids,
     save_mask,
     scan_split,
+    set_max_image_pixels,
     voc_dir,
     voc_pairs,
 )
@@ -140,12 +142,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='class name -> colour JSON in class order: {"background": [0, 0, 0], "road": '
                              '[128, 64, 128], "__ignore__": [255, 255, 255]}')
     colors.add_argument("--out", required=True, help="new folder for the index masks (and classes.json)")
+    for command in (check, labelme, colors):
+        add_max_image_pixels_flag(command)
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
     command = COMMANDS[args.command]
     try:
+        set_max_image_pixels(getattr(args, "max_image_pixels", None))
         return command(args)
     except (*USER_ERRORS, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

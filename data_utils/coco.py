@@ -25,6 +25,7 @@ from core.constants import IGNORE_INDEX
 from core.palette import VOC_PALETTE, Palette, PathLike
 
 from .datasets import SegmentationDataset, Transforms
+from .io import open_image
 from .pairs import Pair, complete_pairs, missing_files
 
 try:
@@ -149,7 +150,7 @@ def coco_target(annotations: ImageAnnotations, source: str = "") -> np.ndarray:
 def exif_orientation(path: PathLike) -> int:
     """The EXIF orientation 1..8 of a photo (1 when it has none), from its header."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return int(image.getexif().get(ExifTags.Base.Orientation, 1))
     except (OSError, SyntaxError, ValueError, TypeError):
         return 1  # read_image reports an unreadable photo, with its name

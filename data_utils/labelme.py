@@ -10,7 +10,6 @@ has one (what labelme showed), else the file imagePath names, relative to the JS
 """
 import base64
 import binascii
-import io
 import json
 import math
 import random
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from core.constants import IGNORE_INDEX
 from core.palette import PathLike, load_class_names
 
-from .io import image_size, save_mask
+from .io import image_size, open_image, save_mask
 from .staging import check_new_folder, staged_folder
 
 IGNORE_LABEL = "__ignore__"
@@ -34,7 +33,9 @@ SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point")
 # Points each shape type needs: (minimum, maximum or None).
 _POINTS = {"polygon": (3, None), "rectangle": (2, 2), "circle": (2, 2), "line": (2, 2), "linestrip": (2, None),
            "point": (1, 1)}
-_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp", "PPM": ".ppm"}
+# MPO is what Pillow calls a JPEG from a camera that stores a second (preview or stereo) frame after the first:
+# a JPEG file to every other reader, torchvision's decoder included.
+_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp", "PPM": ".ppm"}
 
 
 @dataclass(frozen=True)
@@ -160,14 +161,14 @@ def split_stems(stems: Sequence[str], val_fraction: float, seed: int) -> dict[st
 def _write_photo(doc: LabelmeFile, folder: Path) -> Path:
     """Writes the photo's bytes unchanged (embedded data or the referenced file) and returns its path."""
     data = doc.image_data if doc.image_data is not None else doc.image_path.read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            suffix = _SUFFIX.get(image.format or "")
-    except (OSError, SyntaxError, ValueError):
-        where = "its imageData" if doc.image_data is not None else str(doc.image_path)
-        raise ValueError(f"{doc.path}: {where} is not a readable image; re-save the file in labelme") from None
+    where = f"{doc.path}: its imageData" if doc.image_data is not None else str(doc.image_path)
+    if not data:
+        raise ValueError(f"{where} is empty (0 bytes); re-save the file in labelme or replace the photo")
+    with open_image(data, where) as image:  # unreadable or over the pixel limit: a ValueError naming it
+        fmt = image.format or ""
+    suffix = _SUFFIX.get(fmt)
     if suffix is None:
-        raise ValueError(f"{doc.path}: its photo is a {image.format} file; convert it to JPEG or PNG")
+        raise ValueError(f"{doc.path}: its photo is a {fmt or 'unknown'} file; convert it to JPEG or PNG")
     out = folder / f"{doc.path.stem}{suffix}"
     out.write_bytes(data)
     return out

