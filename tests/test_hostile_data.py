@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_trees import ADE20K_FILES, CITYSCAPES_FILES, ade20k_tree, cityscapes_tree
 from PIL import Image
 
 import predict
 from core.checkpoint import Checkpoint, save_checkpoint
-from data_utils import image_size, read_image, read_mask
+from data_utils import build_dataset, check_split, image_size, make_demo_dataset, read_image, read_mask
 from src import build_model
 
 CLASSES = ["background", "a", "b"]
@@ -121,3 +122,46 @@ def test_predict_max_image_pixels_flag(hostile, weights, tmp_path, capsys):
     with pytest.raises(SystemExit):
         predict.parse_args(base + ["--max-image-pixels", "-1"])
     assert "must be zero (no limit)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ zero-byte files in datasets
+
+def _empty_voc_mask(root: Path) -> Path:
+    voc = root / "VOCdevkit" / "VOC2012"
+    stem = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[0]
+    return voc / "SegmentationClass" / f"{stem}.png"
+
+
+def _empty_voc_photo(root: Path) -> Path:
+    voc = root / "VOCdevkit" / "VOC2012"
+    stem = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[0]
+    return voc / "JPEGImages" / f"{stem}.jpg"
+
+
+def _empty_cityscapes_labels(root: Path) -> Path:
+    city, stem = CITYSCAPES_FILES["train"][0]
+    return root / "gtFine" / "train" / city / f"{stem}_gtFine_labelIds.png"
+
+
+def _empty_ade20k_annotation(root: Path) -> Path:
+    return root / "ADEChallengeData2016" / "annotations" / "training" / f"{ADE20K_FILES['training'][0]}.png"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("name,tree,emptied", [
+    ("voc", lambda root: make_demo_dataset(root, num_train=2, num_val=1, size=32), _empty_voc_mask),
+    ("voc", lambda root: make_demo_dataset(root, num_train=2, num_val=1, size=32), _empty_voc_photo),
+    ("cityscapes", cityscapes_tree, _empty_cityscapes_labels),
+    ("ade20k", ade20k_tree, _empty_ade20k_annotation),
+], ids=["voc-mask", "voc-photo", "cityscapes-labelIds", "ade20k-annotation"])
+def test_check_and_loading_name_a_zero_byte_file(tmp_path, capsys, name, tree, emptied, workers):
+    root = tree(tmp_path / "data")
+    empty = emptied(root)
+    empty.write_bytes(b"")
+    assert check_split(name, root, "train", workers, progress=False) == 1
+    out = capsys.readouterr().out
+    assert "problems: 1" in out and f"{empty}: the file is empty (0 bytes)" in out, out
+    dataset = build_dataset(name, root, "train")  # what train.py and validation.py load (in their workers too)
+    with pytest.raises(ValueError, match="the file is empty") as caught:
+        [dataset[i] for i in range(len(dataset))]
+    assert str(empty) in str(caught.value)
