@@ -165,3 +165,29 @@ def test_check_and_loading_name_a_zero_byte_file(tmp_path, capsys, name, tree, e
     with pytest.raises(ValueError, match="the file is empty") as caught:
         [dataset[i] for i in range(len(dataset))]
     assert str(empty) in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------- an unreadable classes.json
+
+@pytest.mark.parametrize("kind", ["folder", "dangling-link", "unreadable"])
+def test_a_class_file_that_cannot_be_read_is_an_error_not_the_voc_classes(tmp_path, monkeypatch, kind):
+    root = make_demo_dataset(tmp_path / "data", num_train=2, num_val=1, size=32)
+    classes = root / "classes.json"
+    classes.unlink()
+    if kind == "folder":
+        classes.mkdir()
+    elif kind == "dangling-link":
+        os.symlink("nowhere.json", classes)
+    else:
+        classes.write_text('{"background": 0, "disc": 1}')
+        real_read_text = Path.read_text
+
+        def denied(self, *args, **kwargs):  # chmod 000 does not stop root, who runs these tests in CI
+            if self.name == "classes.json":
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_read_text(self, *args, **kwargs)
+        monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(ValueError, match="classes.json") as caught:
+        build_dataset("voc", root, "train")
+    assert {"folder": "is a folder", "dangling-link": "missing file", "unreadable": "Permission denied"}[kind] \
+        in str(caught.value)
