@@ -5,6 +5,7 @@ listed where a folder is read), never in a traceback, a hang or a silently wrong
 The files are written byte by byte here (PNG chunks with zlib's CRC, JSON by hand), not by the code under test.
 """
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -12,13 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dataset_trees import ADE20K_FILES, CITYSCAPES_FILES, ade20k_tree, cityscapes_tree
 from PIL import Image
 
 import predict
 from core.checkpoint import Checkpoint, save_checkpoint
+from core.cli import UsageError, load_config_defaults
 from data_utils import build_dataset, check_split, image_size, make_demo_dataset, read_image, read_mask
 from src import build_model
+from train_utils.options import get_args_parser as train_parser
+
+from dataset_trees import ADE20K_FILES, CITYSCAPES_FILES, ade20k_tree, cityscapes_tree
 
 CLASSES = ["background", "a", "b"]
 
@@ -191,3 +195,22 @@ def test_a_class_file_that_cannot_be_read_is_an_error_not_the_voc_classes(tmp_pa
         build_dataset("voc", root, "train")
     assert {"folder": "is a folder", "dangling-link": "missing file", "unreadable": "Permission denied"}[kind] \
         in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------- a YAML key given twice
+
+@pytest.mark.parametrize("text,needle", [
+    ("epochs: 1\nlr: 0.1\nepochs: 5\n", "'epochs' is given twice (lines 1 and 3)"),
+    ("{epochs: 1, epochs: 5}\n", "'epochs' is given twice (lines 1 and 1)"),
+])
+def test_a_yaml_key_given_twice_is_refused(tmp_path, text, needle):
+    config = tmp_path / "my.yaml"
+    config.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        load_config_defaults(train_parser("test"), str(config))
+
+
+def test_yaml_merge_keys_are_not_keys_given_twice(tmp_path):
+    config = tmp_path / "my.yaml"
+    config.write_text("scale-range: &r [0.5, 2.0]\nepochs: 3\n")
+    assert load_config_defaults(train_parser("test"), str(config))["epochs"] == 3
