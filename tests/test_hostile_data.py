@@ -4,9 +4,11 @@ listed where a folder is read), never in a traceback, a hang or a silently wrong
 
 The files are written byte by byte here (PNG chunks with zlib's CRC, JSON by hand), not by the code under test.
 """
+import json
 import os
 import re
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -15,11 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
+import my_dataset
 import predict
 from core.checkpoint import Checkpoint, save_checkpoint
 from core.cli import UsageError, load_config_defaults
 from data_utils import build_dataset, check_split, image_size, make_demo_dataset, read_image, read_mask
 from src import build_model
+from tools import demo as tools_demo
 from train_utils.options import get_args_parser as train_parser
 
 from dataset_trees import ADE20K_FILES, CITYSCAPES_FILES, ade20k_tree, cityscapes_tree
@@ -214,3 +218,32 @@ def test_yaml_merge_keys_are_not_keys_given_twice(tmp_path):
     config = tmp_path / "my.yaml"
     config.write_text("scale-range: &r [0.5, 2.0]\nepochs: 3\n")
     assert load_config_defaults(train_parser("test"), str(config))["epochs"] == 3
+
+
+# ------------------------------------------------------------------------- demo --out over an existing dataset
+
+def test_demo_refuses_a_folder_that_holds_files_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "classes.json").write_text('{"background": 0, "road": 1}')
+    argv = ["demo", "--out", str(out), "--num-train", "1", "--num-val", "1", "--size", "32"]
+    assert my_dataset.main(my_dataset.parse_args(argv)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert json.loads((out / "classes.json").read_text()) == {"background": 0, "road": 1}
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json"]
+    assert my_dataset.main(my_dataset.parse_args(argv + ["--overwrite"])) == 0
+    assert "road" not in (out / "classes.json").read_text()
+
+
+def test_tools_demo_still_fills_its_own_half_written_folder(tmp_path, monkeypatch):
+    data = tmp_path / "data" / "demo"
+    (data / "VOCdevkit").mkdir(parents=True)  # an earlier demo interrupted before its split files
+    made = {}
+    monkeypatch.setattr(tools_demo, "make_demo_dataset", lambda root, **kw: made.update(kw, root=root))
+    monkeypatch.setattr(tools_demo, "ROOT", tmp_path)
+    config = tmp_path / "demo.yaml"
+    config.write_text("data-path: data/demo\noutput-dir: runs/demo\nmodel: fcn_resnet50\n")
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--config", str(config)])
+    with pytest.raises(FileNotFoundError, match="classes.json"):  # the stub wrote nothing: it stops there
+        tools_demo.run_demo(tools_demo.parse_args())
+    assert made["overwrite"] is True and made["root"] == data
