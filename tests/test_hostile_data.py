@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 import my_dataset
 import predict
@@ -247,3 +248,85 @@ def test_tools_demo_still_fills_its_own_half_written_folder(tmp_path, monkeypatc
     with pytest.raises(FileNotFoundError, match="classes.json"):  # the stub wrote nothing: it stops there
         tools_demo.run_demo(tools_demo.parse_args())
     assert made["overwrite"] is True and made["root"] == data
+
+
+# ------------------------------------------------------------------------------------ malformed COCO annotations
+
+def coco_root(tmp_path: Path, annotations: list, images: list = None) -> Path:
+    """A COCO root with val2017/a.jpg and b.jpg (64x64) and the given annotations (JSON written by hand)."""
+    root = tmp_path / "coco"
+    (root / "val2017").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(root / "val2017" / name)
+    images = images or [{"id": 1, "file_name": "a.jpg", "height": 64, "width": 64},
+                        {"id": 2, "file_name": "b.jpg", "height": 64, "width": 64}]
+    text = json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 17, "name": "cat"}]})
+    (root / "annotations" / "instances_val2017.json").write_text(text.replace('"NAN"', "NaN"))
+    return root
+
+
+def cat(ann_id: int, segmentation, **fields) -> dict:
+    return {"id": ann_id, "image_id": 1, "category_id": 17, "segmentation": segmentation, "iscrowd": 0,
+            "area": 100.0, **fields}
+
+
+SQUARE = [10, 10, 40, 10, 40, 40, 10, 40]
+
+
+@pytest.mark.parametrize("annotation,needle", [
+    (cat(7, [[10, 10, "NAN", 20, 30, 30]]), "finite numbers"),
+    (cat(7, [[10, 10, 20]]), "(x, y) pairs, got 3 numbers"),
+    (cat(7, {"size": [64, 64], "counts": [10, -5, 4091]}, iscrowd=1), "non-negative integers"),
+    (cat(7, {"size": [64, 64], "counts": [10, 20]}, iscrowd=1), "cover 30 pixels, but the image has 64 x 64 = 4096"),
+    (cat(7, {"size": [32, 64], "counts": [2048]}, iscrowd=1), "is not the image's [height, width] [64, 64]"),
+    (cat(7, {"size": [64, 64], "counts": "0"}, iscrowd=1), "cover 0 pixels"),
+    (cat(7, {"size": [64, 64], "counts": "\x7f\x7f"}, iscrowd=1), "not a valid RLE string"),
+], ids=["nan", "odd", "negative-count", "short-counts", "other-size", "short-string", "bad-string"])
+def test_a_bad_segmentation_is_one_line_naming_annotation_and_image(tmp_path, annotation, needle):
+    dataset = build_dataset("coco", coco_root(tmp_path, [annotation]), "val")
+    with pytest.raises(ValueError) as caught:
+        dataset[0]
+    text = str(caught.value)
+    assert "annotation 7" in text and "a.jpg" in text and needle in text, text
+
+
+@pytest.mark.parametrize("annotations,images,needle", [
+    ([cat(7, [SQUARE], category_id="17")], None, "annotation 7 (image a.jpg): category_id '17' is not an integer"),
+    ([cat(7, [SQUARE], area="big")], None, "area 'big' is not a non-negative number"),
+    ([{"id": 7, "image_id": 1, "category_id": 17}], None, "annotation 7 (image a.jpg): it has no segmentation"),
+    ([cat(7, [SQUARE], image_id=9)], None, "image_id 9 is not the id of an image"),
+    ([], [{"id": 1, "file_name": "a.jpg", "height": 1e400, "width": 64}], "height inf is not a positive integer"),
+    ([cat(7, [SQUARE]), cat(8, [SQUARE], image_id=2)],
+     [{"id": 1, "file_name": "a.jpg", "height": 64, "width": 64},
+      {"id": 2, "file_name": "a.jpg", "height": 64, "width": 64}], "images 1 and 2 have the same file_name a.jpg"),
+], ids=["string-category", "string-area", "no-segmentation", "unknown-image", "inf-height", "same-file-name"])
+def test_annotations_that_would_be_dropped_or_crash_are_refused_on_load(tmp_path, capsys, annotations, images,
+                                                                        needle):
+    root = coco_root(tmp_path, annotations, images)
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        build_dataset("coco", root, "val")
+    assert my_dataset.main(my_dataset.parse_args(["check", "--dataset", "coco", "--data-path", str(root),
+                                                  "--split", "val", "--workers", "0"])) == 2
+    assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("far", [1e8, 1e9])
+def test_polygons_far_outside_the_image_are_clipped_not_a_hang(tmp_path, far):
+    # The square from (10, 10) to (far, far) covers, inside the 64x64 image, what the square to (65, 65) covers.
+    dataset = build_dataset("coco", coco_root(tmp_path, [cat(7, [[10, 10, far, 10, far, far, 10, far]])]), "val")
+    expected = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects([[10, 10, 65, 10, 65, 65, 10, 65]], 64, 64)))
+    assert np.array_equal(dataset[0][1].numpy(), expected * 8)  # COCO cat = VOC class 8
+
+
+def test_polygons_of_fewer_than_three_points_cover_nothing(tmp_path):
+    dataset = build_dataset("coco", coco_root(tmp_path, [cat(7, [[]]), cat(8, [[5, 5]]), cat(9, [[5, 5, 9, 9]])]),
+                            "val")
+    assert not dataset[0][1].numpy().any()
+
+
+def test_check_lists_a_bad_segmentation(tmp_path, capsys):
+    root = coco_root(tmp_path, [cat(7, {"size": [64, 64], "counts": [10, 20]}, iscrowd=1)])
+    assert check_split("coco", root, "val", 0, progress=False) == 1
+    out = capsys.readouterr().out
+    assert "problems: 1" in out and "annotation 7: its RLE counts cover 30 pixels" in out
