@@ -13,6 +13,7 @@ COCO's polygons were drawn on the stored pixels (browsers ignored EXIF orientati
 and pycocotools' own tools do too), so a mask is turned by its photo's EXIF orientation, like the photo.
 """
 import functools
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -352,6 +353,15 @@ def coco_pairs(data_path: PathLike, split: str) -> list[Pair]:
     return [(Path(data_path) / split / name, ann_file) for name in names]
 
 
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 of a file's content, read in 1 MiB blocks (instances_train2017.json is 450 MB: about a second)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def manifest_path(data_path: PathLike, split: str) -> Path:
     """The list tools/prepare_coco.py writes last, once every mask of `split` is written."""
     return Path(data_path) / PREPARED_DIR / f"{split}.json"
@@ -365,11 +375,15 @@ def prepared_pairs(data_path: PathLike, split: str) -> Optional[list[Pair]]:
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
         names, made_from = list(data["images"]), int(data["annotation_bytes"])
+        digest = data.get("annotation_sha256")
+        if not isinstance(digest, str):  # written by a version that compared sizes only
+            raise ValueError("no annotation_sha256")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
-        raise ValueError(f"{manifest} is damaged; rerun tools/prepare_coco.py or delete "
+        raise ValueError(f"{manifest} is damaged or from an older version; rerun tools/prepare_coco.py or delete "
                          f"{manifest.parent} to decode the masks on the fly") from None
     ann_file = annotation_file(data_path, split)
-    if ann_file.is_file() and ann_file.stat().st_size != made_from:
+    # The size first (free), then the content: an edit that keeps the size must not leave stale masks in use.
+    if ann_file.is_file() and (ann_file.stat().st_size != made_from or file_sha256(ann_file) != digest):
         raise ValueError(f"the masks in {manifest.parent / split} were made from another version of {ann_file}; "
                          f"rerun tools/prepare_coco.py or delete {manifest} to decode them on the fly")
     root = Path(data_path)
@@ -377,9 +391,11 @@ def prepared_pairs(data_path: PathLike, split: str) -> Optional[list[Pair]]:
 
 
 def write_manifest(data_path: PathLike, split: str, pairs: Sequence[Pair], write: Any) -> None:
-    """Records the prepared split (image names and the annotation file's size) with `write` (atomic_write)."""
+    """Records the prepared split (image names, the annotation file's size and SHA-256) with `write`
+    (atomic_write)."""
     ann_file = annotation_file(data_path, split)
     text = json.dumps({"annotations": ann_file.name, "annotation_bytes": ann_file.stat().st_size,
+                       "annotation_sha256": file_sha256(ann_file),
                        "images": [image.name for image, _ in pairs]}) + "\n"
     write(manifest_path(data_path, split), lambda f: f.write(text.encode("utf-8")))
 

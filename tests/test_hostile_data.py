@@ -25,6 +25,7 @@ from core.cli import UsageError, load_config_defaults
 from data_utils import build_dataset, check_split, image_size, make_demo_dataset, read_image, read_mask
 from src import build_model
 from tools import demo as tools_demo
+from tools import prepare_coco
 from train_utils.options import get_args_parser as train_parser
 
 from dataset_trees import ADE20K_FILES, CITYSCAPES_FILES, ade20k_tree, cityscapes_tree
@@ -330,3 +331,17 @@ def test_check_lists_a_bad_segmentation(tmp_path, capsys):
     assert check_split("coco", root, "val", 0, progress=False) == 1
     out = capsys.readouterr().out
     assert "problems: 1" in out and "annotation 7: its RLE counts cover 30 pixels" in out
+
+
+def test_prepared_coco_masks_are_stale_after_an_edit_that_keeps_the_size(tmp_path):
+    root = coco_root(tmp_path, [cat(7, [SQUARE])])
+    assert prepare_coco.main(prepare_coco.parse_args(["--data-path", str(root), "--splits", "val",
+                                                      "--workers", "0"])) == 0
+    assert build_dataset("coco", root, "val").pairs[0][1].suffix == ".png"  # the prepared masks are used
+    ann_file = root / "annotations" / "instances_val2017.json"
+    text = ann_file.read_text()
+    edited = text.replace('"category_id": 17', '"category_id": 18')  # cat -> dog, same number of bytes
+    assert len(edited) == len(text) and edited != text
+    ann_file.write_text(edited)
+    with pytest.raises(ValueError, match="another version"):
+        build_dataset("coco", root, "val")
