@@ -4,10 +4,12 @@ listed where a folder is read), never in a traceback, a hang or a silently wrong
 
 The files are written byte by byte here (PNG chunks with zlib's CRC, JSON by hand), not by the code under test.
 """
+import base64
 import json
 import os
 import re
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -22,12 +24,14 @@ import my_dataset
 import predict
 from core.checkpoint import Checkpoint, save_checkpoint
 from core.cli import UsageError, load_config_defaults
-from data_utils import build_dataset, check_split, image_size, make_demo_dataset, read_image, read_mask
+from core.platform import FileLock
+from data_utils import build_dataset, check_split, image_size, import_labelme, make_demo_dataset, read_image, read_mask
 from src import build_model
 from tools import demo as tools_demo
 from tools import prepare_coco
 from train_utils.options import get_args_parser as train_parser
 
+from conftest import REPO_ROOT
 from dataset_trees import ADE20K_FILES, CITYSCAPES_FILES, ade20k_tree, cityscapes_tree
 
 CLASSES = ["background", "a", "b"]
@@ -345,3 +349,108 @@ def test_prepared_coco_masks_are_stale_after_an_edit_that_keeps_the_size(tmp_pat
     ann_file.write_text(edited)
     with pytest.raises(ValueError, match="another version"):
         build_dataset("coco", root, "val")
+
+
+# ------------------------------------------------------------------------------------ the converters' files
+
+def one_error_line(err: str) -> bool:
+    """stderr ends in one `error: ...` line (progress bars may come before it) and holds no traceback."""
+    return "Traceback" not in err and [line for line in err.splitlines() if "error:" in line] == [
+        err.strip().splitlines()[-1]]
+
+
+def labelme_doc(folder: Path, name: str, image_data: bytes = None, image_path: str = None) -> None:
+    doc = {"version": "5.4.1", "flags": {}, "imagePath": image_path or f"{name}.jpg",
+           "imageData": base64.b64encode(image_data).decode() if image_data is not None else None,
+           "shapes": [{"label": "a", "points": [[2, 2], [20, 2], [2, 20]], "shape_type": "polygon"}]}
+    (folder / f"{name}.json").write_text(json.dumps(doc))
+
+
+def labelme_src(tmp_path: Path) -> Path:
+    src = tmp_path / "labelme"
+    src.mkdir()
+    (src / "classes.json").write_text(json.dumps({n: i for i, n in enumerate(CLASSES)}))
+    return src
+
+
+def test_import_labelme_reads_a_camera_mpo_as_the_jpeg_it_is(tmp_path):
+    src = labelme_src(tmp_path)
+    first, preview = (Image.fromarray(np.full((32, 48, 3), v, np.uint8)) for v in (50, 200))
+    first.save(src / "cam.jpg", format="MPO", save_all=True, append_images=[preview])  # two frames
+    with Image.open(src / "cam.jpg") as check:
+        assert check.format == "MPO"
+    labelme_doc(src, "cam")
+    counts = import_labelme(src, tmp_path / "out", src / "classes.json", val_fraction=0.0, progress=False)
+    assert counts == {"train": 1, "val": 0}
+    photo = tmp_path / "out" / "train" / "images" / "cam.jpg"
+    assert photo.read_bytes() == (src / "cam.jpg").read_bytes()  # the bytes unchanged
+    assert read_image(photo).shape == (3, 32, 48)
+
+
+@pytest.mark.parametrize("embedded", [True, False])
+def test_import_labelme_refuses_a_bomb_in_one_line_naming_it(tmp_path, capsys, embedded):
+    src = labelme_src(tmp_path)
+    if embedded:
+        labelme_doc(src, "big", image_data=bomb_header())
+    else:
+        (src / "big.png").write_bytes(bomb_header())
+        labelme_doc(src, "big", image_path="big.png")
+    argv = ["import-labelme", str(src), "--out", str(tmp_path / "out"), "--classes", str(src / "classes.json")]
+    assert my_dataset.main(my_dataset.parse_args(argv)) == 2
+    err = capsys.readouterr().err
+    assert one_error_line(err) and "20000x20000" in err and "--max-image-pixels" in err, err
+    assert ("imageData" if embedded else "big.png") in err
+    assert not (tmp_path / "out").exists()
+
+
+def color_masks(tmp_path: Path) -> tuple[Path, Path]:
+    masks = tmp_path / "color"
+    masks.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(masks / "a.png")
+    colors = tmp_path / "colors.json"
+    colors.write_text('{"background": [0, 0, 0], "road": [128, 64, 128]}')
+    return masks, colors
+
+
+@pytest.mark.parametrize("hostile_file", ["bomb", "empty"])
+def test_convert_colors_names_a_bomb_or_empty_mask(tmp_path, capsys, hostile_file):
+    masks, colors = color_masks(tmp_path)
+    (masks / "b.png").write_bytes(bomb_header() if hostile_file == "bomb" else b"")
+    argv = ["convert-colors", str(masks), "--colors", str(colors), "--out", str(tmp_path / "out")]
+    assert my_dataset.main(my_dataset.parse_args(argv)) == 2
+    err = capsys.readouterr().err
+    assert one_error_line(err) and "b.png" in err
+    assert ("--max-image-pixels 400000000" if hostile_file == "bomb" else "empty (0 bytes)") in err
+    if hostile_file == "bomb":
+        assert my_dataset.main(my_dataset.parse_args(argv + ["--max-image-pixels", "1"])) == 2
+        assert "a.png is 8x8" in capsys.readouterr().err  # the flag sets the limit, here below every mask
+        os.environ.pop("FCN_MAX_IMAGE_PIXELS", None)
+
+
+def test_a_killed_conversion_leaves_a_staging_folder_the_next_run_removes(tmp_path, capsys):
+    masks, colors = color_masks(tmp_path)
+    out = tmp_path / "out"
+    # data_utils/staging.py alone (its package imports torch, which takes seconds to load)
+    code = ("import importlib.util, os, sys; sys.path.insert(0, sys.argv[2])\n"
+            "spec = importlib.util.spec_from_file_location('staging', sys.argv[2] + '/data_utils/staging.py')\n"
+            "staging = importlib.util.module_from_spec(spec); spec.loader.exec_module(staging)\n"
+            "with staging.staged_folder(sys.argv[1]) as root:\n"
+            "    (root / 'half.png').write_bytes(b'x'); os.kill(os.getpid(), 9)")
+    killed = subprocess.run([sys.executable, "-c", code, str(out), str(REPO_ROOT)], capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    left = [p for p in tmp_path.glob(".out.partial-*") if p.is_dir()]
+    assert len(left) == 1 and (left[0] / "half.png").exists()
+    busy = tmp_path / ".out.partial-0000busy"  # another conversion, running now: kept
+    busy.mkdir()
+    holder = FileLock(tmp_path / ".out.partial-0000busy.lock")
+    assert holder.acquire(blocking=False)
+    try:
+        argv = ["convert-colors", str(masks), "--colors", str(colors), "--out", str(out)]
+        assert my_dataset.main(my_dataset.parse_args(argv)) == 0
+    finally:
+        holder.release()
+    assert f"removed {left[0]}" in capsys.readouterr().err
+    assert not left[0].exists() and busy.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == [
+        ".out.partial-0000busy", ".out.partial-0000busy.lock"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "classes.json"]
