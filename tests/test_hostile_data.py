@@ -27,8 +27,8 @@ from core.cli import UsageError, load_config_defaults
 from core.platform import FileLock
 from data_utils import build_dataset, check_split, image_size, import_labelme, make_demo_dataset, read_image, read_mask
 from src import build_model
+from tools import check_large_image, prepare_coco
 from tools import demo as tools_demo
-from tools import prepare_coco
 from train_utils.options import get_args_parser as train_parser
 
 from conftest import REPO_ROOT
@@ -454,3 +454,14 @@ def test_a_killed_conversion_leaves_a_staging_folder_the_next_run_removes(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == [
         ".out.partial-0000busy", ".out.partial-0000busy.lock"]
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "classes.json"]
+
+
+# ---------------------------------------------------------------------------------- tools/check_large_image.py
+
+def test_check_large_image_refuses_before_allocating_what_does_not_fit(monkeypatch):
+    monkeypatch.setattr(check_large_image, "available_memory", lambda: 8 * 2**30)
+    monkeypatch.setattr(check_large_image, "build_model", None)  # refused before the model is even built
+    monkeypatch.setattr(check_large_image.torch, "randn", None)
+    args = check_large_image.parse_args(["--height", "30000", "--width", "40000"])
+    with pytest.raises(ValueError, match=r"needs at least 107.3 GiB .* only 8.0 GiB is available"):
+        check_large_image.main(args)
