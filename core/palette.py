@@ -78,6 +78,8 @@ def read_json_object(path: PathLike, what: str, example: str) -> dict:
         mapping = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); write it like {example}") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise ValueError(f"{path} is nested too deeply to be a {what} file; write it like {example}") from None
     except OSError as e:  # unreadable (permissions, an I/O error)
         raise ValueError(f"cannot read the {what} file {path} ({e.strerror or e}); fix its permissions or give "
                          f"another file") from None

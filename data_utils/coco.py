@@ -154,6 +154,9 @@ def _load_cached(path: str, size: int, mtime_ns: int) -> dict[str, ImageAnnotati
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); download annotations_trainval2017.zip again") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise ValueError(f"{path} is nested too deeply to be a COCO instances file; download "
+                         f"annotations_trainval2017.zip again") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a COCO instances file (no images/annotations object)")
     return _image_annotations(data, Path(path))
@@ -376,9 +379,9 @@ def prepared_pairs(data_path: PathLike, split: str) -> Optional[list[Pair]]:
         data = json.loads(manifest.read_text(encoding="utf-8"))
         names, made_from = list(data["images"]), int(data["annotation_bytes"])
         digest = data.get("annotation_sha256")
-        if not isinstance(digest, str):  # written by a version that compared sizes only
-            raise ValueError("no annotation_sha256")
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        if not isinstance(digest, str) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError("no annotation_sha256 (an older version), or image names that are not names")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, RecursionError):
         raise ValueError(f"{manifest} is damaged or from an older version; rerun tools/prepare_coco.py or delete "
                          f"{manifest.parent} to decode the masks on the fly") from None
     ann_file = annotation_file(data_path, split)

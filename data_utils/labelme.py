@@ -29,6 +29,8 @@ from .staging import check_new_folder, staged_folder
 
 IGNORE_LABEL = "__ignore__"
 LINE_WIDTH, POINT_RADIUS = 10, 5  # labelme's shape_to_mask defaults
+# PIL draws in 32-bit integers: shapes with coordinates of 1e9 come out empty or wrong, up to 1e7 exact.
+MAX_COORDINATE = 1e7
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point")
 # Points each shape type needs: (minimum, maximum or None).
 _POINTS = {"polygon": (3, None), "rectangle": (2, 2), "circle": (2, 2), "line": (2, 2), "linestrip": (2, None),
@@ -56,6 +58,9 @@ def _points(raw: Any, where: str) -> tuple[tuple[float, float], ...]:
         raise ValueError(f"{where}: points must be a list of [x, y] numbers, got {str(raw)[:80]}") from None
     if not all(math.isfinite(v) for point in points for v in point):
         raise ValueError(f"{where}: points must be finite numbers, got {str(raw)[:80]}")
+    if not all(abs(v) <= MAX_COORDINATE for point in points for v in point):
+        raise ValueError(f"{where}: points must lie within {MAX_COORDINATE:,.0f} pixels of the image, got "
+                         f"{str(raw)[:80]}; fix or delete the shape")
     return points
 
 
@@ -89,6 +94,8 @@ def read_labelme(path: PathLike) -> LabelmeFile:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); re-save it in labelme") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise ValueError(f"{path} is nested too deeply to be a labelme file; re-save it in labelme") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
         raise ValueError(f"{path} is not a labelme file: it has no list of shapes")
     shapes = tuple(_shape(s, f"{path}: shape {i}") for i, s in enumerate(doc["shapes"]))
@@ -99,7 +106,7 @@ def read_labelme(path: PathLike) -> LabelmeFile:
     if doc.get("imageHeight") is not None and doc.get("imageWidth") is not None:
         try:
             size = (int(doc["imageHeight"]), int(doc["imageWidth"]))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 is inf to JSON
             raise ValueError(f"{path}: imageHeight and imageWidth must be integers") from None
     source = path.parent / image_path.replace("\\", "/") if image_path else None  # Windows paths too
     return LabelmeFile(path, shapes, _embedded(doc.get("imageData"), path), source, size)

@@ -39,6 +39,8 @@ def voc_dir(voc_root: PathLike, year: str = "2012") -> Path:
 
 def read_split_ids(split_file: Path) -> list[str]:
     """Sample ids, one per line, from a VOC ImageSets file (blank lines skipped)."""
+    if split_file.is_dir():
+        raise ValueError(f"split file {split_file} is a folder; it must be a text file of image ids, one per line")
     if not split_file.is_file():
         available = sorted(p.stem for p in split_file.parent.glob("*.txt"))
         hint = ("create it with tools/prepare_sbd.py" if split_file.stem == "trainaug"
@@ -49,6 +51,8 @@ def read_split_ids(split_file: Path) -> list[str]:
     except UnicodeDecodeError as e:
         raise ValueError(f"split file {split_file} is not UTF-8 text (byte {e.start}); it must list one image id "
                          f"per line") from None
+    except OSError as e:  # unreadable: permissions, an I/O error
+        raise ValueError(f"cannot read split file {split_file} ({e.strerror or e}); fix its permissions") from None
     ids = [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise ValueError(f"split file {split_file} is empty; it must list one image id per line")

@@ -24,8 +24,19 @@ import my_dataset
 import predict
 from core.checkpoint import Checkpoint, save_checkpoint
 from core.cli import UsageError, load_config_defaults
+from core.palette import load_class_names
 from core.platform import FileLock
-from data_utils import build_dataset, check_split, image_size, import_labelme, make_demo_dataset, read_image, read_mask
+from data_utils import (
+    build_dataset,
+    check_split,
+    image_size,
+    import_labelme,
+    load_annotations,
+    make_demo_dataset,
+    read_image,
+    read_mask,
+)
+from data_utils.labelme import read_labelme
 from src import build_model
 from tools import check_large_image, prepare_coco
 from tools import demo as tools_demo
@@ -465,3 +476,47 @@ def test_check_large_image_refuses_before_allocating_what_does_not_fit(monkeypat
     args = check_large_image.parse_args(["--height", "30000", "--width", "40000"])
     with pytest.raises(ValueError, match=r"needs at least 107.3 GiB .* only 8.0 GiB is available"):
         check_large_image.main(args)
+
+
+# ------------------------------------------------------------------- the audit: other readers of user files
+
+DEEP = "[" * 100_000 + "]" * 100_000  # JSON nested deeper than Python's recursion limit
+
+
+@pytest.mark.parametrize("reader", ["classes", "labelme", "coco"])
+def test_json_nested_too_deeply_is_one_error_naming_the_file(tmp_path, reader):
+    path = tmp_path / "deep.json"
+    path.write_text(DEEP)
+    read = {"classes": load_class_names, "labelme": read_labelme, "coco": load_annotations}[reader]
+    with pytest.raises(ValueError, match="deep.json is nested too deeply"):
+        read(path)
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"imageHeight": 1e400, "imageWidth": 64}, "imageHeight and imageWidth must be integers"),
+    ({"shapes": [{"label": "a", "points": [[10, 10], [1e9, 10]], "shape_type": "circle"}]}, "within 10,000,000"),
+])
+def test_labelme_fields_pil_cannot_draw_are_refused(tmp_path, fields, needle):
+    doc = {"shapes": [], "imagePath": "x.jpg", **fields}
+    (tmp_path / "x.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=needle):
+        read_labelme(tmp_path / "x.json")
+
+
+def test_a_split_file_that_is_a_folder_is_named(tmp_path):
+    root = make_demo_dataset(tmp_path / "data", num_train=1, num_val=1, size=32)
+    split = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt"
+    split.unlink()
+    split.mkdir()
+    with pytest.raises(ValueError, match="train.txt is a folder"):
+        build_dataset("voc", root, "train")
+
+
+def test_a_coco_manifest_of_non_names_is_damaged_not_a_traceback(tmp_path):
+    root = coco_root(tmp_path, [cat(7, [SQUARE])])
+    (root / "voc_masks").mkdir()
+    ann = root / "annotations" / "instances_val2017.json"
+    (root / "voc_masks" / "val2017.json").write_text(json.dumps(
+        {"annotations": ann.name, "annotation_bytes": ann.stat().st_size, "annotation_sha256": "0", "images": [5]}))
+    with pytest.raises(ValueError, match="is damaged"):
+        build_dataset("coco", root, "val")
