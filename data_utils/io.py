@@ -112,6 +112,9 @@ def check_file(path: PathLike) -> None:
     """FileNotFoundError for a missing file, ValueError for an empty one or a link that leads nowhere."""
     p = Path(path)
     if not p.is_file():
+        if p.exists():  # never opened: reading a FIFO or a device would block or never end
+            raise ValueError(f"cannot read {path}: it is a {'folder' if p.is_dir() else 'special file'}, not an "
+                             f"image file; remove it or rename it")
         if p.is_symlink():
             raise ValueError(f"cannot read {path}: it is a symbolic link to a missing file or a loop of links; "
                              f"fix the link or remove it")

@@ -60,7 +60,8 @@ def bomb_header(width: int = 20000, height: int = 20000, color_type: int = 2) ->
 
 @pytest.fixture
 def hostile(tmp_path) -> Path:
-    """A folder of one good photo and the hostile ones: empty JPEG and PNG, a bomb header, a link loop."""
+    """A folder of one good photo and the hostile ones: empty JPEG and PNG, a bomb header, a link loop, a folder
+    and a FIFO named like photos."""
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(folder / "good.jpg")
@@ -69,6 +70,8 @@ def hostile(tmp_path) -> Path:
     (folder / "bomb.png").write_bytes(bomb_header())
     os.symlink("loop_b.jpg", folder / "loop_a.jpg")
     os.symlink("loop_a.jpg", folder / "loop_b.jpg")
+    (folder / "folder.jpg").mkdir()
+    os.mkfifo(folder / "pipe.jpg")  # opening it would wait for a writer forever
     return folder
 
 
@@ -120,8 +123,9 @@ def test_predict_folder_skips_and_lists_empty_bomb_and_looping_photos(hostile, w
                                "--device", "cpu", "-j", workers, "--warmup", "0"])
     assert predict.main(args) == 1
     err = capsys.readouterr().err
-    assert "skipped 5 of 6 images" in err, err
-    for name in ("empty.jpg", "empty.png", "bomb.png", "loop_a.jpg", "loop_b.jpg"):
+    assert "skipped 7 of 8 images" in err, err
+    for name in ("empty.jpg", "empty.png", "bomb.png", "loop_a.jpg", "loop_b.jpg", "folder.jpg: it is a folder",
+                 "pipe.jpg: it is a special file"):
         assert name in err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good.png"]
 
