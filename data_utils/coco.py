@@ -99,17 +99,20 @@ def _check_fields(ann: Any, images: Mapping[int, tuple[str, int, int]]) -> str:
     """The problem of one annotation's ids and area (its segmentation is checked as it is decoded), or ""."""
     if not isinstance(ann, dict):
         return f"an annotation is {type(ann).__name__}, not an object"
+    image_id, category, area = ann.get("image_id"), ann.get("category_id"), ann.get("area", 0.0)
+    # The common case first, in one test: this runs for each of COCO train's 860,000 annotations.
+    if (type(image_id) is int and image_id in images and type(category) is int and "segmentation" in ann
+            and type(area) in (int, float) and math.isfinite(area) and area >= 0):
+        return ""
     name = f"annotation {shown(ann.get('id', '(no id)'))}"
-    if type(ann.get("image_id")) is not int or ann["image_id"] not in images:
-        return f"{name}: image_id {shown(ann.get('image_id'))} is not the id of an image in the file"
-    name += f" (image {images[ann['image_id']][0]})"
-    if type(ann.get("category_id")) is not int:  # a string id would silently match no category
-        return f"{name}: category_id {shown(ann.get('category_id'))} is not an integer"
-    if "area" in ann and not (_number(ann["area"]) and ann["area"] >= 0):
-        return f"{name}: area {shown(ann['area'])} is not a non-negative number"
+    if type(image_id) is not int or image_id not in images:
+        return f"{name}: image_id {shown(image_id)} is not the id of an image in the file"
+    name += f" (image {images[image_id][0]})"
+    if type(category) is not int:  # a string id would silently match no category
+        return f"{name}: category_id {shown(category)} is not an integer"
     if "segmentation" not in ann:
         return f"{name}: it has no segmentation"
-    return ""
+    return f"{name}: area {shown(area)} is not a non-negative number"
 
 
 def _image_annotations(data: dict, path: Path) -> dict[str, ImageAnnotations]:

@@ -524,3 +524,12 @@ def test_a_coco_manifest_of_non_names_is_damaged_not_a_traceback(tmp_path):
         {"annotations": ann.name, "annotation_bytes": ann.stat().st_size, "annotation_sha256": "0", "images": [5]}))
     with pytest.raises(ValueError, match="is damaged"):
         build_dataset("coco", root, "val")
+
+
+def test_prepare_coco_names_a_bad_annotation_and_writes_no_list(tmp_path, capsys):
+    root = coco_root(tmp_path, [cat(7, [[10, 10, "NAN", 20, 30, 30]])])
+    assert prepare_coco.main(prepare_coco.parse_args(["--data-path", str(root), "--splits", "val",
+                                                      "--workers", "0"])) == 2
+    err = capsys.readouterr().err
+    assert one_error_line(err) and "annotation 7" in err and "a.jpg" in err and "finite numbers" in err
+    assert not (root / "voc_masks" / "val2017.json").exists()
