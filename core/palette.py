@@ -75,7 +75,7 @@ def read_json_object(path: PathLike, what: str, example: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} not found; give a JSON file like {example}")
     try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
+        mapping = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Notepad) is not a key
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); write it like {example}") from None
     except RecursionError:  # arrays nested thousands deep

@@ -91,7 +91,7 @@ def read_labelme(path: PathLike) -> LabelmeFile:
     """Parses and checks one labelme JSON file (shapes, point counts, image source); ValueError names it."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM is not JSON
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); re-save it in labelme") from None
     except RecursionError:  # arrays nested thousands deep

@@ -47,7 +47,7 @@ def read_split_ids(split_file: Path) -> list[str]:
                 else f"splits found there: {available or 'none'}")
         raise FileNotFoundError(f"split file {split_file} not found; {hint}")
     try:
-        text = split_file.read_text(encoding="utf-8")
+        text = split_file.read_text(encoding="utf-8-sig")  # -sig: the BOM Windows Notepad writes
     except UnicodeDecodeError as e:
         raise ValueError(f"split file {split_file} is not UTF-8 text (byte {e.start}); it must list one image id "
                          f"per line") from None

@@ -533,3 +533,12 @@ def test_prepare_coco_names_a_bad_annotation_and_writes_no_list(tmp_path, capsys
     err = capsys.readouterr().err
     assert one_error_line(err) and "annotation 7" in err and "a.jpg" in err and "finite numbers" in err
     assert not (root / "voc_masks" / "val2017.json").exists()
+
+
+def test_split_and_class_files_saved_with_a_bom_read_as_without(tmp_path):
+    root = make_demo_dataset(tmp_path / "data", num_train=2, num_val=1, size=32)
+    split = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt"
+    for path in (split, root / "classes.json"):  # as Windows Notepad saves "UTF-8"
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    dataset = build_dataset("voc", root, "train")
+    assert len(dataset) == 2 and dataset.class_names[0] == "background"
