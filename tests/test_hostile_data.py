@@ -22,8 +22,10 @@ from pycocotools import mask as coco_mask
 
 import my_dataset
 import predict
+import train as train_script
+import validation
 from core.checkpoint import Checkpoint, save_checkpoint
-from core.cli import UsageError, load_config_defaults
+from core.cli import UsageError, load_config_defaults, one_line
 from core.palette import load_class_names
 from core.platform import FileLock
 from data_utils import (
@@ -45,7 +47,7 @@ from train_utils.options import get_args_parser as train_parser
 from conftest import REPO_ROOT
 from dataset_trees import ADE20K_FILES, CITYSCAPES_FILES, ade20k_tree, cityscapes_tree
 
-CLASSES = ["background", "a", "b"]
+CLASSES = ["background", "a", "b", "c", "d"]  # as many as the demo data's
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -542,3 +544,26 @@ def test_split_and_class_files_saved_with_a_bom_read_as_without(tmp_path):
         path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     dataset = build_dataset("voc", root, "train")
     assert len(dataset) == 2 and dataset.class_names[0] == "background"
+
+
+@pytest.mark.parametrize("script", ["train", "validation"])
+def test_train_and_validation_name_a_zero_byte_mask(tmp_path, weights, script):
+    # -j 0: a loader whose worker raised takes torch 10 s to shut down when collected in this process (the
+    # worker path is test_bad_input's truncated JPEG with -j 2; the message is the same ValueError).
+    root = make_demo_dataset(tmp_path / "data", num_train=2, num_val=2, size=32)
+    voc = root / "VOCdevkit" / "VOC2012"
+    split = "train" if script == "train" else "val"
+    empty = voc / "SegmentationClass" / f"{(voc / 'ImageSets' / 'Segmentation' / f'{split}.txt').read_text().split()[0]}.png"
+    empty.write_bytes(b"")
+    common = ["--data-path", str(root), "--device", "cpu", "-j", "0"]
+    if script == "train":
+        args = train_script.parse_args(common + ["--output-dir", str(tmp_path / "run"), "--epochs", "1", "-b", "2",
+                                                 "--pretrained-backbone", "none", "--no-aux", "--base-size", "32",
+                                                 "--crop-size", "32"])
+        run = train_script.main
+    else:
+        args = validation.parse_args(common + ["--weights", str(weights), "--record", str(tmp_path / "r.txt")])
+        run = validation.main
+    with pytest.raises(ValueError) as caught:
+        run(args)
+    assert f"cannot read {empty}: the file is empty (0 bytes)" in one_line(caught.value)
