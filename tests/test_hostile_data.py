@@ -97,6 +97,25 @@ def test_every_reader_gives_one_error_naming_the_file(hostile, name, reader):
             "loop_a.jpg": "loop"}[name] in text
 
 
+def jpeg_bomb_header(width: int = 60000, height: int = 60000) -> bytes:
+    """A 144-byte baseline JPEG: quantisation and Huffman tables, a frame header claiming width x height gray
+    pixels, a scan header and no image data."""
+    def segment(marker: int, body: bytes) -> bytes:
+        return b"\xff" + bytes([marker]) + struct.pack(">H", len(body) + 2) + body
+    sof = segment(0xC0, struct.pack(">BHHB", 8, height, width, 1) + bytes([1, 0x11, 0]))
+    tables = segment(0xDB, bytes(1) + bytes([1] * 64)) + b"".join(
+        segment(0xC4, bytes([table]) + bytes([1] + [0] * 15) + bytes(1)) for table in (0x00, 0x10))
+    return b"\xff\xd8" + tables + sof + segment(0xDA, bytes([1, 1, 0, 0, 63, 0])) + bytes(4) + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+def test_a_jpeg_bomb_is_refused_before_either_decoder_allocates(tmp_path, decoder):
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(jpeg_bomb_header())
+    with pytest.raises(ValueError, match=r"bomb.jpg is 60000x60000 \(WxH\), 3,600,000,000 pixels"):
+        read_image(path, decoder)
+
+
 def test_the_bomb_message_says_how_to_allow_it(hostile):
     with pytest.raises(ValueError, match="--max-image-pixels 400000000"):
         read_image(hostile / "bomb.png")
