@@ -33,6 +33,7 @@ from data_utils import (
     SegmentationFolder,
     Transforms,
     VOCSegmentation,
+    add_max_image_pixels_flag,
     boundary_band,
     build_dataset,
     check_mask_values,
@@ -55,6 +56,7 @@ from data_utils import (
     read_split_ids,
     save_mask,
     scan_split,
+    set_max_image_pixels,
     voc_dir,
     voc_pairs,
 )
@@ -81,7 +83,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     """The `demo` command: writes the synthetic dataset."""
-    root = make_demo_dataset(args.out, args.num_train, args.num_val, args.size, args.seed)
+    root = make_demo_dataset(args.out, args.num_train, args.num_val, args.size, args.seed, args.overwrite)
     print(f"demo dataset ({args.num_train} train, {args.num_val} val, {args.size}x{args.size}, classes: "
           f"{', '.join(DEMO_CLASSES)}) written to {root}; use --dataset voc --data-path {root}")
     return 0
@@ -126,6 +128,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     demo.add_argument("--num-val", type=int, default=20, help="validation images (default: 20)")
     demo.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
     demo.add_argument("--seed", type=seed, default=0, help="random seed; same seed, same files (default: 0)")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="write into a folder that already holds files (same-named files are replaced)")
     labelme = commands.add_parser("import-labelme", help="labelme JSON files -> folder dataset with index masks")
     labelme.add_argument("src_dir", metavar="SRC_DIR", help="folder of labelme .json files")
     labelme.add_argument("--out", required=True, help="new folder for the dataset (--dataset folder --data-path)")
@@ -140,12 +144,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='class name -> colour JSON in class order: {"background": [0, 0, 0], "road": '
                              '[128, 64, 128], "__ignore__": [255, 255, 255]}')
     colors.add_argument("--out", required=True, help="new folder for the index masks (and classes.json)")
+    for command in (check, labelme, colors):
+        add_max_image_pixels_flag(command)
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
     command = COMMANDS[args.command]
     try:
+        set_max_image_pixels(getattr(args, "max_image_pixels", None))
         return command(args)
     except (*USER_ERRORS, OSError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)

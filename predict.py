@@ -37,7 +37,7 @@ from core.cli import (
 from core.palette import VOC_PALETTE, Palette, class_name, default_class_names
 from core.platform import atomic_write
 from core.runtime import add_runtime_flags, resolve_runtime
-from data_utils import IMAGE_EXTENSIONS, save_mask
+from data_utils import IMAGE_EXTENSIONS, add_max_image_pixels_flag, save_mask, set_max_image_pixels
 from inference import (
     Prediction,
     add_inference_flags,
@@ -75,6 +75,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=positive_int, default=1, help="timed passes per batch (after warm-up)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed passes on the first batch")
     add_inference_flags(parser)
+    add_max_image_pixels_flag(parser)
     return parse_with_config(parser, argv)
 
 
@@ -131,6 +132,7 @@ def save_outputs(prediction: Prediction, outputs: List[Path], args: argparse.Nam
 
 
 def main(args: argparse.Namespace) -> int:
+    set_max_image_pixels(args.max_image_pixels)
     images = list_images(Path(args.image))
     single = Path(args.image).is_file()
     outputs = output_paths(args, images, single)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from core.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
 from core.platform import append_text, atomic_write, check_writable, nan_to_none
 from core.runtime import add_runtime_flags, resolve_runtime
-from data_utils import build_dataset, collate_fn
+from data_utils import build_dataset, collate_fn, set_max_image_pixels
 from inference import add_inference_flags, inferer_from_args, load_inference_model, whole_image
 from recording.run_files import RECORD_FILE
 from src import add_model_flags
@@ -101,6 +101,7 @@ def record_path(args: argparse.Namespace) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     # The outputs are checked first: finding them unwritable after the evaluation would waste it.
+    set_max_image_pixels(args.max_image_pixels)
     check_writable(record_path(args), "--record" if args.record else "--record (default: next to --weights)")
     if args.json:
         check_writable(Path(args.json), "--json")

@@ -110,6 +110,29 @@ def _config_value(action: argparse.Action, key: str, value: Any, path: str) -> A
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps the last one
+    silently, so `epochs: 1` ... `epochs: 5` would train 5 epochs without a word."""
+
+    path = ""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges keys; it is not a key itself
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise UsageError(f"{self.path}: {shown(key)} is given twice (lines {seen[key]} and {line}); "
+                                     f"keep one of them")
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+        return super().construct_mapping(node, deep)
+
+
 def read_config(path: str) -> Any:
     """The YAML document of `path`, or a UsageError saying why it cannot be one."""
     p = Path(path).expanduser()
@@ -124,8 +147,9 @@ def read_config(path: str) -> Any:
         raise UsageError(f"{path}: not UTF-8 text (byte {e.start}); save the config file as UTF-8") from None
     except OSError as e:
         raise UsageError(f"{path}: cannot read the config file ({e.strerror or e}); check --config") from None
+    loader = type("Loader", (_UniqueKeyLoader,), {"path": path})
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise UsageError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the config file") from None
     except RecursionError:  # PyYAML composes nested lists recursively

@@ -70,12 +70,19 @@ def check_class_names(names: Sequence[str], source: str) -> List[str]:
 def read_json_object(path: PathLike, what: str, example: str) -> dict:
     """The non-empty JSON object in `path`, a file of `what`; the errors name the file and show `example`."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} file {path} is a folder; give a JSON file like {example}")
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} not found; give a JSON file like {example}")
     try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
+        mapping = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Notepad) is not a key
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); write it like {example}") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise ValueError(f"{path} is nested too deeply to be a {what} file; write it like {example}") from None
+    except OSError as e:  # unreadable (permissions, an I/O error)
+        raise ValueError(f"cannot read the {what} file {path} ({e.strerror or e}); fix its permissions or give "
+                         f"another file") from None
     if not isinstance(mapping, dict) or not mapping:
         raise ValueError(f"{path} must be a non-empty JSON object, like {example}")
     return mapping

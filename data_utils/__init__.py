@@ -23,16 +23,21 @@ from .datasets import Sample, SegmentationDataset, SegmentationFolder, Transform
 from .demo import DEMO_CLASSES, boundary_band, make_demo_dataset, make_demo_sample
 from .io import (
                  DECODERS,
+                 DEFAULT_MAX_IMAGE_PIXELS,
                  IMAGE_EXTENSIONS,
+                 add_max_image_pixels_flag,
                  check_label_map,
                  check_mask_values,
                  image_note,
                  image_size,
                  label_counts,
                  make_label_map,
+                 max_image_pixels,
+                 open_image,
                  read_image,
                  read_mask,
                  save_mask,
+                 set_max_image_pixels,
 )
 from .labelme import import_labelme
 from .pairs import (
@@ -68,7 +73,8 @@ __all__ = [
     "DEMO_CLASSES", "boundary_band", "make_demo_dataset", "make_demo_sample",
     "DECODERS", "IMAGE_EXTENSIONS", "check_label_map", "check_mask_values", "image_note", "image_size",
     "label_counts", "make_label_map",
-    "read_image", "read_mask", "save_mask",
+    "read_image", "read_mask", "save_mask", "DEFAULT_MAX_IMAGE_PIXELS", "add_max_image_pixels_flag",
+    "max_image_pixels", "open_image", "set_max_image_pixels",
     "Pair", "complete_pairs", "folder_pairs", "missing_files", "raise_if_missing", "read_split_ids", "voc_dir",
     "voc_pairs",
     "DATASETS", "DatasetSpec", "build_dataset", "build_from_pairs", "dataset_spec", "find_folder_pairs",

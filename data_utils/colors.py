@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from core.constants import IGNORE_INDEX
 from core.palette import PathLike, check_class_names, palette_from_colors, read_json_object
 
-from .io import IMAGE_EXTENSIONS, save_mask
+from .io import IMAGE_EXTENSIONS, open_image, save_mask
 from .staging import check_new_folder, staged_folder
 
 IGNORE_LABEL = "__ignore__"
@@ -68,13 +67,13 @@ def colors_to_index(rgb: np.ndarray, table: dict[tuple[int, int, int], int], sou
 
 def read_color_mask(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 colours of a mask file (alpha dropped; a mask's EXIF orientation is not applied)."""
-    try:
-        with Image.open(path) as image:
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                raise ValueError(f"{path} is a 16/32-bit image, not a colour mask")
+    with open_image(path) as image:  # empty files, bombs and unreadable headers: one ValueError naming it
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+            raise ValueError(f"{path} is a 16/32-bit image, not a colour mask")
+        try:
             return np.array(image.convert("RGB"))
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read {path}: {e}; replace it or remove it from {path.parent}") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"cannot read {path}: {e}; replace it or remove it from {path.parent}") from None
 
 
 def convert_colors(mask_dir: PathLike, colors_file: PathLike, out: PathLike, progress: bool = True) -> int:

@@ -33,7 +33,13 @@ def own_class_file(data_path: PathLike) -> Path:
     """The dataset's own classes.json (next to VOCdevkit, or next to a folder dataset's splits: the demo data
     and custom data declare their classes there), else the 21 VOC classes."""
     own = Path(data_path) / "classes.json"
-    return own if own.is_file() else VOC_CLASSES_FILE
+    if own.is_file():
+        return own
+    if own.exists() or own.is_symlink():  # a class file that cannot be read must not mean "the VOC classes"
+        what = "a folder" if own.is_dir() else "a link to a missing file or a loop of links"
+        raise ValueError(f"{own} is {what}, not a class file; make it a JSON file like "
+                         f'{{"background": 0, "cat": 1}}, or remove it to use the 21 VOC classes')
+    return VOC_CLASSES_FILE
 
 
 class SegmentationDataset(Dataset):

@@ -84,7 +84,7 @@ def make_demo_sample(size: int, rng: np.random.Generator) -> tuple[np.ndarray, n
 
 
 def make_demo_dataset(root: PathLike, num_train: int = 80, num_val: int = 20, size: int = 96,
-                      seed: int = 0) -> Path:
+                      seed: int = 0, overwrite: bool = False) -> Path:
     """Writes a small synthetic VOC-layout dataset (same seed -> byte-identical files) and returns `root`.
 
     Layout: root/classes.json and root/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass,
@@ -95,11 +95,19 @@ def make_demo_dataset(root: PathLike, num_train: int = 80, num_val: int = 20, si
         num_train, num_val: images per split.
         size: image side in pixels.
         seed: random seed.
+        overwrite: write into a folder that already holds something (its classes.json, split files and
+            same-named photos and masks are replaced); without it such a folder is refused.
     """
     if num_train < 1 or num_val < 1 or size < 32:
         raise ValueError(f"demo needs --num-train >= 1, --num-val >= 1 and --size >= 32, got "
                          f"{num_train}, {num_val}, {size}")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--out {root} is a file; give a new folder")
+    if not overwrite and root.is_dir() and any(root.iterdir()):  # an existing dataset would lose its files
+        raise ValueError(f"--out {root} already holds files, which the demo data would replace (classes.json, "
+                         f"split files, same-named photos and masks); give a new or empty folder, or pass "
+                         f"--overwrite")
     voc = root / "VOCdevkit" / "VOC2012"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True, exist_ok=True)

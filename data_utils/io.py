@@ -8,7 +8,13 @@ which gives the same pixels as PIL in less time (tools/benchmark.py --mode data 
 file, and any file torchvision refuses, goes through PIL, which also words the errors. `decoder="pil"` reads
 everything with PIL. 16-bit photos are scaled to 8 bits (v * 255 / 65535, rounded) instead of being clipped,
 floating-point photos are read as 0..1 (scaled to 0..255) and refused outside that range.
+
+Every failure to read a file (empty, a link loop, not an image, truncated, larger than the pixel limit), from
+torchvision.io or PIL, is a ValueError (FileNotFoundError when the file is missing) naming the file.
 """
+import argparse
+import io
+import os
 from pathlib import Path
 from typing import IO, Mapping, Optional, Union
 
@@ -29,6 +35,16 @@ _SWAPS_SIDES = {5, 6, 7, 8}
 # PIL reports truncated or corrupt data as OSError, broken PNG chunks as SyntaxError.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError)
 
+# A decompression bomb is a small file that decodes to gigabytes (a 45-byte PNG header can claim 20000x20000).
+# The default limit is the size PIL refuses (twice its MAX_IMAGE_PIXELS, about 179 megapixels); it is checked
+# here, from the header, before torchvision or PIL decodes anything, so PIL's own check (which torchvision
+# does not make) is turned off.
+DEFAULT_MAX_IMAGE_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+Image.MAX_IMAGE_PIXELS = None
+# The limit set by --max-image-pixels travels in the environment, so DataLoader workers started by spawn
+# (Windows, macOS) apply it too.
+MAX_PIXELS_ENV = "FCN_MAX_IMAGE_PIXELS"
+
 DECODERS = ("torchvision", "pil")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,15 +52,99 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
+def max_image_pixels() -> Optional[int]:
+    """The largest image read, in pixels (width x height), or None for no limit (see set_max_image_pixels)."""
+    text = os.environ.get(MAX_PIXELS_ENV)
+    if text is None:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"environment variable {MAX_PIXELS_ENV}={text!r:.40} is not a pixel count; set it to a "
+                         f"non-negative integer (0: no limit) or unset it (--max-image-pixels sets it)")
+    return value or None
+
+
+def set_max_image_pixels(limit: Optional[int]) -> None:
+    """Sets the pixel limit of every image read from now on, in this process and the loader workers it starts.
+
+    Args:
+        limit: pixels (width x height); 0 for no limit; None keeps the current one.
+    """
+    if limit is not None:
+        os.environ[MAX_PIXELS_ENV] = str(int(limit))
+
+
+def pixel_count(text: str) -> int:
+    """A --max-image-pixels value: a non-negative integer (0: no limit)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero (no limit) or a positive number of pixels, got {text}")
+    return value
+
+
+def add_max_image_pixels_flag(parser: argparse.ArgumentParser) -> None:
+    """Adds --max-image-pixels (apply it with set_max_image_pixels(args.max_image_pixels))."""
+    parser.add_argument("--max-image-pixels", type=pixel_count, default=None, metavar="N",
+                        help=f"refuse images of more than N pixels (width x height) as possible decompression "
+                             f"bombs; 0: no limit (default: {DEFAULT_MAX_IMAGE_PIXELS}, what PIL allows)")
+
+
+def check_pixels(width: int, height: int, path: object) -> None:
+    """Raises ValueError naming `path` when a width x height image is over the pixel limit."""
+    limit = max_image_pixels()
+    if limit is not None and width * height > limit:
+        raise ValueError(f"{path} is {width}x{height} (WxH), {width * height:,} pixels, more than the limit of "
+                         f"{limit:,} that guards against decompression bombs (small files that decode to "
+                         f"gigabytes); if the image is genuine, allow it with --max-image-pixels "
+                         f"{width * height} (0: no limit)")
+
+
+def _unreadable(path: object, problem: object) -> ValueError:
+    """The one error of a file that cannot be decoded, whichever decoder found it."""
+    return ValueError(f"cannot read {path}: {problem}; the file is truncated or not an image: "
+                      f"replace it or remove it from the dataset")
+
+
+def check_file(path: PathLike) -> None:
+    """FileNotFoundError for a missing file, ValueError for an empty one or a link that leads nowhere."""
+    p = Path(path)
+    if not p.is_file():
+        if p.exists():  # never opened: reading a FIFO or a device would block or never end
+            raise ValueError(f"cannot read {path}: it is a {'folder' if p.is_dir() else 'special file'}, not an "
+                             f"image file; remove it or rename it")
+        if p.is_symlink():
+            raise ValueError(f"cannot read {path}: it is a symbolic link to a missing file or a loop of links; "
+                             f"fix the link or remove it")
+        raise FileNotFoundError(f"{path} not found")
+    if p.stat().st_size == 0:
+        raise ValueError(f"cannot read {path}: the file is empty (0 bytes); replace it or remove it from the "
+                         f"dataset")
+
+
+def open_image(source: Union[PathLike, bytes], name: object = None) -> Image.Image:
+    """A file (or its bytes) opened by PIL with its header (and metadata) parsed, the pixels not decoded, and
+    its size checked against the pixel limit; ValueError naming `name` (default: the path) otherwise."""
+    name = source if name is None else name
+    if not isinstance(source, bytes):
+        check_file(source)
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except _PIL_ERRORS as e:
+        raise _unreadable(name, e) from None
+    try:
+        check_pixels(*image.size, name)
+    except ValueError:
+        image.close()
+        raise
+    return image
+
+
 def _open(path: PathLike) -> Image.Image:
     """Opens `path` and parses its header (and metadata), without decoding the pixels."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} not found")
-    try:
-        return Image.open(path)
-    except _PIL_ERRORS as e:
-        raise ValueError(f"cannot read {path}: {e}; the file is truncated or not an image: "
-                         f"replace it or remove it from the dataset") from e
+    return open_image(path)
 
 
 def _decode(image: Image.Image, path: PathLike) -> None:
@@ -52,8 +152,7 @@ def _decode(image: Image.Image, path: PathLike) -> None:
     try:
         image.load()
     except _PIL_ERRORS as e:
-        raise ValueError(f"cannot read {path}: {e}; the file is truncated or not an image: "
-                         f"replace it or remove it from the dataset") from e
+        raise _unreadable(path, e) from e
 
 
 def _orientation(image: Image.Image, path: PathLike) -> int:
@@ -90,6 +189,11 @@ def _png_header(data: bytes) -> Optional[tuple[int, int]]:
     if len(data) < 26 or not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR":
         return None
     return data[24], data[25]
+
+
+def _check_png_pixels(data: bytes, path: PathLike) -> None:
+    """The pixel limit, from the width and height in a PNG's IHDR chunk (before torchvision decodes it)."""
+    check_pixels(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), path)
 
 
 def _scale_16bit(values: np.ndarray) -> np.ndarray:
@@ -138,9 +242,11 @@ def _read_image_pil(path: PathLike) -> torch.Tensor:
 
 
 def _read_bytes(path: PathLike) -> torch.Tensor:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} not found")
-    return read_file(str(path))
+    check_file(path)
+    try:
+        return read_file(str(path))
+    except RuntimeError as e:  # torchvision words every failure so, e.g. a file emptied since check_file
+        raise _unreadable(path, str(e).rsplit(", ", 1)[-1]) from None
 
 
 def _read_image_torchvision(path: PathLike) -> Optional[torch.Tensor]:
@@ -150,12 +256,14 @@ def _read_image_torchvision(path: PathLike) -> Optional[torch.Tensor]:
     head = bytes(data[:32].numpy())
     try:
         if head.startswith(_JPEG_MAGIC):
+            open_image(bytes(data.numpy()), path).close()  # the pixel limit, from the header PIL parses
             image = decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
             if not image.permute(1, 2, 0).is_contiguous():  # turned by EXIF: back to the (H, W, 3) layout
                 image = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
             return image  # a (3, H, W) view of (H, W, 3) pixels, as from PIL (see _read_image_pil)
         png = _png_header(head)
         if png is not None and png[0] == 16:  # PIL would clip (gray) or truncate (colour) these to 8 bits
+            _check_png_pixels(head, path)
             values = decode_png(data, apply_exif_orientation=True).numpy()  # (C, H, W) uint16, C = 1..4
             gray = values.shape[0] <= 2  # gray, gray + alpha
             rgb = _gray_to_rgb(_scale_16bit(values[0])) if gray else _scale_16bit(values[:3]).transpose(1, 2, 0)
@@ -243,6 +351,7 @@ def _read_mask_torchvision(path: PathLike) -> Optional[np.ndarray]:
     png = _png_header(bytes(data[:26].numpy()))
     if png is None or png[0] != 8 or png[1] not in (0, 3):  # 8-bit gray (0) or palette (3) only
         return None
+    _check_png_pixels(bytes(data[:26].numpy()), path)
     try:
         return decode_png(data, mode=ImageReadMode.UNCHANGED)[0].numpy()  # palette indices, not colours
     except RuntimeError:

@@ -10,7 +10,6 @@ has one (what labelme showed), else the file imagePath names, relative to the JS
 """
 import base64
 import binascii
-import io
 import json
 import math
 import random
@@ -25,16 +24,20 @@ from tqdm import tqdm
 from core.constants import IGNORE_INDEX
 from core.palette import PathLike, load_class_names
 
-from .io import image_size, save_mask
+from .io import image_size, open_image, save_mask
 from .staging import check_new_folder, staged_folder
 
 IGNORE_LABEL = "__ignore__"
 LINE_WIDTH, POINT_RADIUS = 10, 5  # labelme's shape_to_mask defaults
+# PIL draws in 32-bit integers: shapes with coordinates of 1e9 come out empty or wrong, up to 1e7 exact.
+MAX_COORDINATE = 1e7
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point")
 # Points each shape type needs: (minimum, maximum or None).
 _POINTS = {"polygon": (3, None), "rectangle": (2, 2), "circle": (2, 2), "line": (2, 2), "linestrip": (2, None),
            "point": (1, 1)}
-_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp", "PPM": ".ppm"}
+# MPO is what Pillow calls a JPEG from a camera that stores a second (preview or stereo) frame after the first:
+# a JPEG file to every other reader, torchvision's decoder included.
+_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp", "PPM": ".ppm"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ def _points(raw: Any, where: str) -> tuple[tuple[float, float], ...]:
         raise ValueError(f"{where}: points must be a list of [x, y] numbers, got {str(raw)[:80]}") from None
     if not all(math.isfinite(v) for point in points for v in point):
         raise ValueError(f"{where}: points must be finite numbers, got {str(raw)[:80]}")
+    if not all(abs(v) <= MAX_COORDINATE for point in points for v in point):
+        raise ValueError(f"{where}: points must lie within {MAX_COORDINATE:,.0f} pixels of the image, got "
+                         f"{str(raw)[:80]}; fix or delete the shape")
     return points
 
 
@@ -85,9 +91,11 @@ def read_labelme(path: PathLike) -> LabelmeFile:
     """Parses and checks one labelme JSON file (shapes, point counts, image source); ValueError names it."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM is not JSON
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); re-save it in labelme") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise ValueError(f"{path} is nested too deeply to be a labelme file; re-save it in labelme") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
         raise ValueError(f"{path} is not a labelme file: it has no list of shapes")
     shapes = tuple(_shape(s, f"{path}: shape {i}") for i, s in enumerate(doc["shapes"]))
@@ -98,7 +106,7 @@ def read_labelme(path: PathLike) -> LabelmeFile:
     if doc.get("imageHeight") is not None and doc.get("imageWidth") is not None:
         try:
             size = (int(doc["imageHeight"]), int(doc["imageWidth"]))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 is inf to JSON
             raise ValueError(f"{path}: imageHeight and imageWidth must be integers") from None
     source = path.parent / image_path.replace("\\", "/") if image_path else None  # Windows paths too
     return LabelmeFile(path, shapes, _embedded(doc.get("imageData"), path), source, size)
@@ -160,14 +168,14 @@ def split_stems(stems: Sequence[str], val_fraction: float, seed: int) -> dict[st
 def _write_photo(doc: LabelmeFile, folder: Path) -> Path:
     """Writes the photo's bytes unchanged (embedded data or the referenced file) and returns its path."""
     data = doc.image_data if doc.image_data is not None else doc.image_path.read_bytes()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            suffix = _SUFFIX.get(image.format or "")
-    except (OSError, SyntaxError, ValueError):
-        where = "its imageData" if doc.image_data is not None else str(doc.image_path)
-        raise ValueError(f"{doc.path}: {where} is not a readable image; re-save the file in labelme") from None
+    where = f"{doc.path}: its imageData" if doc.image_data is not None else str(doc.image_path)
+    if not data:
+        raise ValueError(f"{where} is empty (0 bytes); re-save the file in labelme or replace the photo")
+    with open_image(data, where) as image:  # unreadable or over the pixel limit: a ValueError naming it
+        fmt = image.format or ""
+    suffix = _SUFFIX.get(fmt)
     if suffix is None:
-        raise ValueError(f"{doc.path}: its photo is a {image.format} file; convert it to JPEG or PNG")
+        raise ValueError(f"{doc.path}: its photo is a {fmt or 'unknown'} file; convert it to JPEG or PNG")
     out = folder / f"{doc.path.stem}{suffix}"
     out.write_bytes(data)
     return out

@@ -39,16 +39,20 @@ def voc_dir(voc_root: PathLike, year: str = "2012") -> Path:
 
 def read_split_ids(split_file: Path) -> list[str]:
     """Sample ids, one per line, from a VOC ImageSets file (blank lines skipped)."""
+    if split_file.is_dir():
+        raise ValueError(f"split file {split_file} is a folder; it must be a text file of image ids, one per line")
     if not split_file.is_file():
         available = sorted(p.stem for p in split_file.parent.glob("*.txt"))
         hint = ("create it with tools/prepare_sbd.py" if split_file.stem == "trainaug"
                 else f"splits found there: {available or 'none'}")
         raise FileNotFoundError(f"split file {split_file} not found; {hint}")
     try:
-        text = split_file.read_text(encoding="utf-8")
+        text = split_file.read_text(encoding="utf-8-sig")  # -sig: the BOM Windows Notepad writes
     except UnicodeDecodeError as e:
         raise ValueError(f"split file {split_file} is not UTF-8 text (byte {e.start}); it must list one image id "
                          f"per line") from None
+    except OSError as e:  # unreadable: permissions, an I/O error
+        raise ValueError(f"cannot read split file {split_file} ({e.strerror or e}); fix its permissions") from None
     ids = [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise ValueError(f"split file {split_file} is empty; it must list one image id per line")

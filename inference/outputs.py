@@ -1,5 +1,6 @@
 """The names of the files predict.py writes for a folder of photos: one distinct stem per photo, and no output
 that would replace an input."""
+import os
 from collections import Counter
 from pathlib import Path
 from typing import List, Sequence
@@ -26,11 +27,19 @@ def output_stems(paths: Sequence[Path], endings: Sequence[str] = (".png",)) -> L
     return stems
 
 
+def _resolved(path: Path) -> str:
+    """The absolute path with links followed; a link loop (which the reader reports and skips) stays as named."""
+    try:
+        return str(path.resolve()).casefold()
+    except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError for a loop, later ones OSError
+        return os.path.abspath(path).casefold()
+
+
 def refuse_overwriting_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
     """Raises a UsageError before anything is written if an output file would replace an input photo."""
-    by_name = {str(p.resolve()).casefold(): p for p in inputs}
+    by_name = {_resolved(p): p for p in inputs}
     for out in outputs:
-        photo = by_name.get(str(out.resolve()).casefold())
+        photo = by_name.get(_resolved(out))
         if photo is None and out.exists():
             photo = next((p for p in inputs if p.exists() and out.samefile(p)), None)  # hard or symbolic links
         if photo is not None:

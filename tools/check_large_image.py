@@ -65,11 +65,42 @@ def peak_rss_mb() -> float:
         return _maxrss_mb()
 
 
+def available_memory() -> Optional[int]:
+    """Bytes this process can still allocate: the kernel's MemAvailable, lowered to what a cgroup v2 limit
+    (a container's, a SLURM job's) leaves; None where neither can be read (not Linux)."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_fits(args: argparse.Namespace, result_bytes: int) -> None:
+    """Refuses, before anything is allocated, a size whose input and float32 result alone (a lower bound:
+    the forward pass needs more) exceed the memory available."""
+    need = 3 * args.height * args.width * 4 + result_bytes
+    free = available_memory()
+    if free is not None and need > free:
+        raise ValueError(f"a {args.height}x{args.width} image needs at least {need / 2**30:.1f} GiB (the float32 "
+                         f"input and result alone), but only {max(free, 0) / 2**30:.1f} GiB is available; "
+                         f"choose a smaller --height/--width")
+
+
 def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     infer = inferer_from_args(args) or make_inferer()  # None means the plain whole-image forward
     args.num_classes = args.num_classes or 21
+    result_bytes = args.num_classes * args.height * args.width * 4
+    check_fits(args, result_bytes)
     model = build_model(args.model, num_classes=args.num_classes, aux=False).eval()
     if args.weights:
         print(f"weights from {args.weights}: {load_model_weights(model, args.weights)}")
@@ -79,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
         count = len(window_starts(args.height, args.window, args.stride)) * \
             len(window_starts(args.width, args.window, args.stride))
         windows = f", {count} windows of {args.window}px in chunks of {args.chunk}"
-    result_mb = args.num_classes * args.height * args.width * 4 / 2**20
+    result_mb = result_bytes / 2**20
     print(f"{args.model}, {infer.name}, 1x3x{args.height}x{args.width}{windows}; "
           f"the float32 result alone is {result_mb:.0f} MB")
     before, start = start_peak_rss(), time.perf_counter()

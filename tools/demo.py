@@ -74,8 +74,9 @@ def run_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if not (data / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").is_file():
         print(f"=== demo data\n$ python my_dataset.py demo --out {config['data-path']} --size 64 "
-              f"--num-train 120 --num-val 30")
-        make_demo_dataset(data, num_train=120, num_val=30, size=64)
+              f"--num-train 120 --num-val 30 --overwrite")
+        # The demo's own folder: an interrupted earlier run may have left part of it.
+        make_demo_dataset(data, num_train=120, num_val=30, size=64, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     # The untrained model, for comparison: same architecture and seed as the training run starts from.
     torch.manual_seed(0)

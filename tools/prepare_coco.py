@@ -19,7 +19,14 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # data_utils/ and core/ live at the repository root
 from core.cli import USER_ERRORS, ArgumentParser, non_negative_int, one_line  # noqa: E402
 from core.platform import atomic_write  # noqa: E402
-from data_utils import dataset_spec, missing_files, raise_if_missing, save_mask  # noqa: E402
+from data_utils import (  # noqa: E402
+    add_max_image_pixels_flag,
+    dataset_spec,
+    missing_files,
+    raise_if_missing,
+    save_mask,
+    set_max_image_pixels,
+)
 from data_utils.coco import PREPARED_DIR, coco_pairs, manifest_path, write_manifest  # noqa: E402
 
 
@@ -66,12 +73,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="splits to prepare (default: train val)")
     parser.add_argument("--workers", type=non_negative_int, default=min(8, os.cpu_count() or 1),
                         help="processes decoding masks (default: min(8, CPU count))")
+    add_max_image_pixels_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> int:
     spec, data_path = dataset_spec("coco"), Path(args.data_path)
     try:
+        set_max_image_pixels(args.max_image_pixels)
         for split in args.splits:
             count = prepare_split(data_path, spec.split_on_disk(split), args.workers)
             print(f"{split}: {count} masks written to {data_path / PREPARED_DIR / spec.split_on_disk(split)}")

@@ -14,7 +14,7 @@ from core.cli import (
     seed,
 )
 from core.runtime import Runtime, add_runtime_flags
-from data_utils import DATASETS
+from data_utils import DATASETS, add_max_image_pixels_flag
 from src import AUX_MODELS, add_model_flags
 from transforms import Augmentation
 
@@ -43,6 +43,7 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
                         help="with --eval-size, also resize the masks (nearest), as the older reference "
                              "evaluation at short side 520 did")
     parser.add_argument("-j", "--workers", type=non_negative_int, default=4, help="data loading workers per process")
+    add_max_image_pixels_flag(parser)
 
 
 def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from core.platform import StopRequest, exit_code
 from core.runtime import resolve_runtime
+from data_utils import set_max_image_pixels
 from recording.recorders import EpochRecord, IntervalLoss, Recorder, Recorders, default_recorders
 from recording.run_dir import prepare_output_dir, release_run_dir, setup_logging, write_config
 from recording.run_files import BEST, LAST
@@ -66,6 +67,7 @@ def run_training(args: argparse.Namespace, extra_recorders: Optional[List[Record
         extra_recorders: recorders (rank 0 only) beyond train.log, results.txt, metrics.jsonl and steps.jsonl.
     """
     check_args(args)
+    set_max_image_pixels(args.max_image_pixels)  # here, before any image is read, and for the loader workers
     if args.tensorboard:
         require_tensorboard()  # before any work: a missing extra is one line, not a crash after an epoch
     info = init_distributed_mode(args.device)
