@@ -2,19 +2,19 @@
 in one line naming the problem and its fix, before any work, and nothing is damaged.
 """
 import hashlib
-import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run
 from PIL import Image
 
-from core.checkpoint import load_checkpoint, read_checkpoint
+from core.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from core.platform import append_text
 from src import build_model
 from src.weights import load_model_weights
+
+from conftest import run
 
 
 def error_line(result) -> str:
@@ -31,14 +31,30 @@ def digest(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def nan_weights(trained, tmp_path_factory) -> Path:
-    """The session run's best.pth with one BatchNorm running variance set to NaN."""
-    ckpt = read_checkpoint(trained / "best.pth")
+def weights(tmp_path_factory) -> Path:
+    """An untrained 5-class fcn_resnet50 checkpoint (the demo data's classes): no training needed to check
+    what happens around a run."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "model.pth"
+    save_checkpoint(Checkpoint(build_model("fcn_resnet50", 5, aux=False).state_dict(), model_name="fcn_resnet50",
+                               num_classes=5, aux=False), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nan_weights(weights, tmp_path_factory) -> Path:
+    """`weights` with one BatchNorm running variance set to NaN."""
+    ckpt = read_checkpoint(weights)
     name = next(k for k in ckpt["model"] if k.endswith("running_var"))
     ckpt["model"][name][0] = float("nan")
     path = tmp_path_factory.mktemp("nan") / "nan.pth"
     torch.save(ckpt, path)
     return path
+
+
+def validate(demo, weights, *flags, check=False):
+    return run("validation.py", "--data-path", demo, "--weights", weights, "--device", "cpu", "-b", "4", "-j", "0",
+               *flags, check=check)
 
 
 # ------------------------------------------------------------------------------------- non-finite weights
@@ -55,16 +71,74 @@ def test_checkpoint_with_nan_is_refused_by_validation_and_predict(nan_weights, d
     assert name in line and not (tmp_path / "mask.png").exists()
 
 
-def test_checkpoint_with_inf_is_refused_for_resume_weights_and_inspect(trained, tmp_path):
-    ckpt = read_checkpoint(trained / "last.pth")
+def test_checkpoint_with_inf_is_refused_for_resume_weights_and_inspect(weights, tmp_path):
+    ckpt = read_checkpoint(weights)
     first_float = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
     ckpt["model"][first_float].view(-1)[-1] = float("-inf")
     path = tmp_path / "inf.pth"
     torch.save(ckpt, path)
     with pytest.raises(ValueError, match=f"tensor '{first_float}' holds non-finite values \\(0 NaN, 1 inf"):
         load_checkpoint(path)  # train --resume, tools/inspect_checkpoint.py, validation, predict, export
-    model = build_model("fcn_resnet50", 5, aux=True)
+    model = build_model("fcn_resnet50", 5, aux=False)
     with pytest.raises(ValueError, match=first_float):
         load_model_weights(model, path)  # train --weights
     line = error_line(run("tools/inspect_checkpoint.py", path, check=False))
     assert first_float in line
+
+
+# ------------------------------------------------------------------------------- outputs that are inputs
+
+def test_validation_output_that_is_an_input_or_another_kind_of_file_is_refused(weights, demo, tmp_path):
+    before = digest(weights)
+    line = error_line(validate(demo, weights, "--json", weights, "--record", tmp_path / "r.txt"))
+    assert "--json" in line and "an input of this run" in line
+    assert digest(weights) == before
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (4, 4)).save(photo)
+    line = error_line(validate(demo, weights, "--record", photo))
+    assert "--record" in line and "PNG picture, not a text file" in line
+    line = error_line(validate(demo, weights, "--record", tmp_path / "r.txt", "--json", tmp_path / "r.txt"))
+    assert "is also --record" in line
+    assert not (tmp_path / "r.txt").exists()
+
+
+def test_save_dir_inside_or_holding_the_dataset_is_refused(weights, demo, tmp_path):
+    masks = demo / "VOCdevkit" / "VOC2012" / "SegmentationClass"
+    before = {p.name: digest(p) for p in masks.iterdir()}
+    for save_dir in (masks.parent, demo.parent):
+        line = error_line(validate(demo, weights, "--save-dir", save_dir, "--record", tmp_path / "r.txt"))
+        assert "--save-dir" in line and ("lies inside" in line or "holds" in line)
+    assert {p.name: digest(p) for p in masks.iterdir()} == before
+    assert not (masks.parent / "tiles").exists() and not (tmp_path / "r.txt").exists()
+
+
+def test_save_dir_file_of_another_kind_is_refused_and_leftovers_removed(weights, demo, tmp_path):
+    save_dir = tmp_path / "pictures"
+    stem = (demo / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    (save_dir / "masks").mkdir(parents=True)
+    notes = save_dir / "masks" / f"{stem}.png"
+    notes.write_text("my notes, not a picture\n")
+    leftover = save_dir / ".confusion.png.k3j2h1.tmp"  # what a kill during atomic_write leaves
+    leftover.write_bytes(b"half a figure")
+    result = validate(demo, weights, "--save-dir", save_dir, "--record", tmp_path / "r.txt")
+    assert "text file, not a PNG picture" in error_line(result)
+    assert notes.read_text() == "my notes, not a picture\n"
+    assert "removed 1 temporary file" in result.stderr and not leftover.exists()
+
+
+def test_record_that_is_a_symlink_is_appended_through(weights, demo, tmp_path):
+    shared = tmp_path / "shared" / "log.txt"
+    shared.parent.mkdir()
+    shared.write_text("earlier block\n")
+    link = tmp_path / "record.txt"
+    link.symlink_to(shared)
+    validate(demo, weights, "--record", link, check=True)
+    assert link.is_symlink() and link.resolve() == shared.resolve()
+    text = shared.read_text()
+    assert text.startswith("earlier block\n") and "mean IoU" in text
+    os.chmod(shared.parent, 0o555)  # a log one may write but not create files beside: appended in place
+    try:
+        append_text(link, "second block\n")
+    finally:
+        os.chmod(shared.parent, 0o755)
+    assert link.is_symlink() and shared.read_text() == text + "second block\n"
