@@ -21,13 +21,13 @@ from .modes import (
                     tta_inference,
                     window_starts,
 )
-from .outputs import output_stems, refuse_overwriting_inputs
+from .outputs import check_output_files, output_stems, output_target, refuse_overwriting_inputs
 from .photos import PhotoBatch, PhotoFolder, photo_loader, size_batches
 
 __all__ = [
     "BackgroundWriter", "FolderResult", "Inferer", "InferenceMode", "PhotoBatch", "PhotoFolder", "Prediction",
-    "add_inference_flags", "inferer_from_args", "load_inference_model", "make_inferer", "normalize",
-    "output_stems", "photo_loader", "predict_folder", "predict_images", "predict_scores", "prepare_images",
+    "add_inference_flags", "check_output_files", "inferer_from_args", "load_inference_model", "make_inferer", "normalize",
+    "output_stems", "output_target", "photo_loader", "predict_folder", "predict_images", "predict_scores", "prepare_images",
     "prepare_inference_model", "refuse_overwriting_inputs", "resize_logits", "size_batches", "slide_inference",
     "tta_inference", "whole_image", "window_starts",
 ]

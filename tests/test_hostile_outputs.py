@@ -2,17 +2,24 @@
 in one line naming the problem and its fix, before any work, and nothing is damaged.
 """
 import hashlib
-import os
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 
+from core import platform
 from core.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from core.cli import UsageError
 from core.platform import append_text
+from inference import check_output_files, output_target
 from src import build_model
 from src.weights import load_model_weights
+from train_utils.checkpoint import RunState
+from train_utils.early_stop import EarlyStopping
+from train_utils.trainer import fit
 
 from conftest import run
 
@@ -126,7 +133,7 @@ def test_save_dir_file_of_another_kind_is_refused_and_leftovers_removed(weights,
     assert "removed 1 temporary file" in result.stderr and not leftover.exists()
 
 
-def test_record_that_is_a_symlink_is_appended_through(weights, demo, tmp_path):
+def test_record_that_is_a_symlink_is_appended_through(weights, demo, tmp_path, monkeypatch):
     shared = tmp_path / "shared" / "log.txt"
     shared.parent.mkdir()
     shared.write_text("earlier block\n")
@@ -136,9 +143,41 @@ def test_record_that_is_a_symlink_is_appended_through(weights, demo, tmp_path):
     assert link.is_symlink() and link.resolve() == shared.resolve()
     text = shared.read_text()
     assert text.startswith("earlier block\n") and "mean IoU" in text
-    os.chmod(shared.parent, 0o555)  # a log one may write but not create files beside: appended in place
-    try:
-        append_text(link, "second block\n")
-    finally:
-        os.chmod(shared.parent, 0o755)
+    def no_file_beside(*_):  # a log one may write but not create files beside: appended in place
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(platform, "atomic_write", no_file_beside)
+    append_text(link, "second block\n")
     assert link.is_symlink() and shared.read_text() == text + "second block\n"
+
+
+# ------------------------------------------------------------------------- what a run says it wrote
+
+def test_resume_of_a_finished_run_says_nothing_is_trained_or_written(tmp_path, caplog):
+    out = tmp_path / "new_run"
+    out.mkdir()
+    training = SimpleNamespace(args=SimpleNamespace(epochs=2, resume=str(tmp_path / "old" / "last.pth")),
+                               info=None, state=RunState(next_epoch=2), early_stop=EarlyStopping())
+    log = logging.getLogger("finished-run")
+    with caplog.at_level(logging.INFO, logger="finished-run"):
+        assert fit(training, None, None, None, None, out, log, None, None) == 0
+    assert "has completed all 2 epochs" in caplog.text and f"no checkpoint is written to {out}" in caplog.text
+    assert "checkpoints in" not in caplog.text and not any(out.iterdir())
+
+
+def test_predict_output_file_name(weights, demo, tmp_path):
+    photo = sorted((demo / "VOCdevkit" / "VOC2012" / "JPEGImages").iterdir())[0]
+    line = error_line(run("predict.py", "--weights", weights, "--image", photo, "--output", tmp_path / "o.jpg",
+                          "--device", "cpu", check=False))
+    assert "masks are written as PNG" in line and str(tmp_path / "o.png") in line
+    assert not (tmp_path / "o.jpg").exists()
+    with pytest.raises(UsageError, match="--image is a folder"):
+        output_target(str(tmp_path / "o.png"), single=False)  # not a folder named o.png
+    (tmp_path / "o.png").write_bytes(photo.read_bytes())  # a JPEG under a .png name: not a mask to replace
+    with pytest.raises(UsageError, match="JPEG photo, not a PNG picture"):
+        check_output_files([tmp_path / "o.png"])
+    with pytest.raises(UsageError, match="an input of this run"):
+        check_output_files([tmp_path / "o.png"], [tmp_path / "o.png"])
+    (tmp_path / "o.png").unlink()
+    run("predict.py", "--weights", weights, "--image", photo, "--output", tmp_path / "o.png", "--device", "cpu")
+    assert (tmp_path / "o.png").is_file() and Image.open(tmp_path / "o.png").size == Image.open(photo).size

@@ -129,6 +129,12 @@ def fit(training: Training, wrap: Callable[[], nn.Module], train_loader: DataLoa
         log.info(f"this run stopped early ({training.early_stop.reason()}): nothing to do; a larger --early-stop "
                  f"continues it")
         return 0
+    if s.next_epoch >= args.epochs:  # a finished run resumed: the loop would not run, nor write anything
+        source = out / LAST if args.resume in (None, "auto") else args.resume
+        log.info(f"{source} has completed all {s.next_epoch} epochs, so there is nothing to train"
+                 f"{'' if (out / LAST).exists() else f' and no checkpoint is written to {out}'}; raise --epochs to "
+                 f"train on, or start a new run from its weights with --weights")
+        return 0
     first_epoch, model = s.next_epoch, None
     for epoch in range(s.next_epoch, args.epochs):
         # DDP reduces only the parameters that trained when it was made: a new phase needs a new wrapper.
