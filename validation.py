@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from core.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
 from core.outputs import check_distinct, check_output
 from core.platform import append_text, atomic_write, check_writable, nan_to_none
+from core.rendezvous import add_rendezvous_flag
 from core.runtime import add_runtime_flags, resolve_runtime
 from data_utils import build_dataset, collate_fn, own_class_file
 from inference import add_inference_flags, inferer_from_args, load_inference_model, whole_image
@@ -54,6 +55,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_data_flags(parser)
     add_model_flags(parser)
     add_runtime_flags(parser)
+    add_rendezvous_flag(parser)
     parser.add_argument("--split", default="val", help="split to evaluate")
     parser.add_argument("--record", default=None,
                         help="record file to append to (default: record_mAP.txt next to the weights)")
@@ -120,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
     save_dir = Path(args.save_dir) if args.save_dir else None
     if save_dir is not None:  # before any work: a missing matplotlib or an unwritable folder is one line
         prepare_save_dir(save_dir, data=[args.data_path, args.weights, args.config])
-    info = init_distributed_mode(args.device)
+    info = init_distributed_mode(args.device, rendezvous_s=args.rendezvous_timeout)
     runtime = resolve_runtime(args, info.local_rank, device=info.device)
     loaded, model = load_inference_model(args, runtime)
     dataset = load_val_set(args, loaded.num_classes)

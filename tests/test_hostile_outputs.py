@@ -3,6 +3,8 @@ in one line naming the problem and its fix, before any work, and nothing is dama
 """
 import hashlib
 import logging
+import socket
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +16,7 @@ from core import platform
 from core.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from core.cli import UsageError
 from core.platform import append_text
+from core.rendezvous import connect, rendezvous_timeout
 from inference import check_output_files, output_target
 from src import build_model
 from src.weights import load_model_weights
@@ -181,3 +184,37 @@ def test_predict_output_file_name(weights, demo, tmp_path):
     (tmp_path / "o.png").unlink()
     run("predict.py", "--weights", weights, "--image", photo, "--output", tmp_path / "o.png", "--device", "cpu")
     assert (tmp_path / "o.png").is_file() and Image.open(tmp_path / "o.png").size == Image.open(photo).size
+
+
+# ------------------------------------------------------------------------------ a half-started process group
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_missing_rank_ends_the_wait_with_the_ranks_named(weights, demo, tmp_path):
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "FCN_RENDEZVOUS_TIMEOUT": "30"}
+    start = time.monotonic()
+    result = run("validation.py", "--data-path", demo, "--weights", weights, "--device", "cpu", "--record",
+                 tmp_path / "r.txt", "--rendezvous-timeout", "1.5", env=env, check=False)  # the flag wins
+    line = error_line(result)
+    assert time.monotonic() - start < 25
+    assert "rank 0 of 2 waited 1.5 s" in line and "rank(s) 1 never joined" in line and "torchrun" in line
+    assert not (tmp_path / "r.txt").exists()
+
+
+def test_rank_without_rank_zero_and_bad_timeouts(monkeypatch):
+    monkeypatch.setenv("FCN_RENDEZVOUS_TIMEOUT", "soon")
+    with pytest.raises(UsageError, match="FCN_RENDEZVOUS_TIMEOUT='soon' is not a number"):
+        rendezvous_timeout()
+    assert rendezvous_timeout(2.0) == 2.0
+    monkeypatch.delenv("FCN_RENDEZVOUS_TIMEOUT")
+    assert rendezvous_timeout() == 600
+    with pytest.raises(UsageError, match="positive finite"):
+        rendezvous_timeout(float("inf"))
+    port = free_port()  # nobody serves it: rank 1 finds no rank 0
+    with pytest.raises(UsageError, match=f"rank 1 of 2: no rank 0 answered at .*127.0.0.1:{port} within 1 s"):
+        connect("127.0.0.1", port, 2, False, 1, 1.0, 60.0)

@@ -68,7 +68,7 @@ def run_training(args: argparse.Namespace, extra_recorders: Optional[List[Record
     check_args(args)
     if args.tensorboard:
         require_tensorboard()  # before any work: a missing extra is one line, not a crash after an epoch
-    info = init_distributed_mode(args.device)
+    info = init_distributed_mode(args.device, rendezvous_s=args.rendezvous_timeout)
     runtime = resolve_runtime(args, info.local_rank, device=info.device)
     train_set, val_set = build_datasets(args)
     class_names = list(train_set.class_names)
