@@ -10,7 +10,7 @@
 It imports core/, src/ and data_utils/ only: running a model does not need the training engine.
 """
 from .folder import BackgroundWriter, FolderResult, Prediction, predict_folder, predict_images
-from .forward import Inferer, normalize, predict_scores, prepare_images, resize_logits, whole_image
+from .forward import Inferer, normalize, predict_masks, predict_scores, prepare_images, resize_logits, whole_image
 from .loading import load_inference_model, prepare_inference_model
 from .modes import (
                     InferenceMode,
@@ -18,6 +18,7 @@ from .modes import (
                     inferer_from_args,
                     make_inferer,
                     slide_inference,
+    slide_masks,
                     tta_inference,
                     window_starts,
 )
@@ -27,7 +28,7 @@ from .photos import PhotoBatch, PhotoFolder, photo_loader, size_batches
 __all__ = [
     "BackgroundWriter", "FolderResult", "Inferer", "InferenceMode", "PhotoBatch", "PhotoFolder", "Prediction",
     "add_inference_flags", "check_output_files", "inferer_from_args", "load_inference_model", "make_inferer", "normalize",
-    "output_stems", "output_target", "photo_loader", "predict_folder", "predict_images", "predict_scores", "prepare_images",
-    "prepare_inference_model", "refuse_overwriting_inputs", "resize_logits", "size_batches", "slide_inference",
+    "output_stems", "output_target", "photo_loader", "predict_folder", "predict_images", "predict_masks", "predict_scores", "prepare_images",
+    "prepare_inference_model", "refuse_overwriting_inputs", "resize_logits", "size_batches", "slide_inference", "slide_masks",
     "tta_inference", "whole_image", "window_starts",
 ]

@@ -2,22 +2,30 @@
 in one line naming the problem and its fix, before any work, and nothing is damaged.
 """
 import hashlib
+import json
 import logging
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from core import platform
 from core.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from core.cli import UsageError
 from core.platform import append_text
 from core.rendezvous import connect, rendezvous_timeout
-from inference import check_output_files, output_target
+from inference import check_output_files, memory, normalize, output_target, slide_inference, slide_masks, whole_image
+from inference.memory import whole_image_bytes
 from src import build_model
 from src.weights import load_model_weights
 from train_utils.checkpoint import RunState
@@ -218,3 +226,82 @@ def test_rank_without_rank_zero_and_bad_timeouts(monkeypatch):
     port = free_port()  # nobody serves it: rank 1 finds no rank 0
     with pytest.raises(UsageError, match=f"rank 1 of 2: no rank 0 answered at .*127.0.0.1:{port} within 1 s"):
         connect("127.0.0.1", port, 2, False, 1, 1.0, 60.0)
+
+
+# ------------------------------------------------------------------------------------------- huge photos
+
+class Tiny(nn.Module):
+    """FCN-shaped: strided features, 1x1 classifier, bilinear upsampling to the input."""
+
+    def __init__(self, classes: int = 21) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 32, 3, stride=2, padding=1)
+        self.relu = nn.ReLU()
+        self.classifier = nn.Conv2d(32, classes, 1)
+
+    def forward(self, x):
+        out = self.classifier(self.relu(self.features(x)))
+        return {"out": F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+def test_whole_image_pass_that_cannot_fit_is_refused_with_the_slide_advice(monkeypatch):
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    images = torch.zeros(1, 3, 2100, 2100)
+    # features conv: 3 + 32/4 channels in and out, relu 2 x 32/4, classifier 32/4 + 21/4, output 21 (float32)
+    expected = (2 * 32 / 4 + 21) * 2100 * 2100 * 4
+    with torch.inference_mode():
+        assert whole_image_bytes(model, images) == pytest.approx(expected, rel=0.02)
+        monkeypatch.setattr(memory, "available_bytes", lambda device: 200 << 20)
+        with pytest.raises(UsageError, match=r"needs about 0\.\d GiB, but 0\.2 GiB is available .* --mode slide"):
+            whole_image(model, images)
+        assert whole_image(model, images[..., :2048, :2048]).shape[1] == 21  # small photos are not checked
+
+
+def test_slide_masks_equal_slide_logits_argmax_and_show_progress(capsys):
+    torch.manual_seed(0)
+    model = Tiny(5).eval()
+    images = torch.randint(0, 256, (2, 3, 70, 90), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = slide_inference(model, normalize(images), window=16, stride=11).argmax(1).to(torch.uint8)
+        masks = slide_masks(model, images, window=16, stride=11, chunk=3)
+    assert torch.equal(masks, expected)
+    assert "windows" in capsys.readouterr().err  # 2 x 7 x 8 windows: a progress bar
+
+
+SLIDE_MASK_MEMORY = textwrap.dedent("""
+    import json, sys
+    import torch
+    sys.path.insert(0, sys.argv[2])
+    from test_hostile_outputs import Tiny
+    from inference.modes import slide_masks
+    torch.manual_seed(0)
+    model = Tiny(21).eval()
+    images = torch.randint(0, 256, (1, 3, 4000, 600), dtype=torch.uint8)
+    def status_kb(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kb("VmRSS")
+    with torch.inference_mode():
+        out = slide_masks(model, images, window=512, stride=341, chunk=1)
+    print(json.dumps({"peak_mb": (status_kb("VmHWM") - before) / 1024, "shape": list(out.shape)}))
+""")
+
+
+def test_slide_mask_memory_is_bounded_by_the_window():
+    # A tall photo, 4000 x 600 (HxW): the band of logits depends on the width only. What grows with the photo:
+    # the uint8 mask, 2.3 MB. The band is 21 classes x 512 rows x 600 columns float32 = 25 MB, the argmax of
+    # its finished rows (int64) 2 MB; a window runs 3 + 32/4 x 2 (conv, relu) + 21/4 + 21 channels at 512 x 512
+    # float32 = 47 MB. With 64 MB for torch's runtime and the allocator: 140 MB (119 MB measured). The
+    # photo-sized logits that slide_inference returns are 21 x 4000 x 600 x 4 = 192 MB alone.
+    bound_mb = 2.3 + 25 + 2 + 47 + 64
+    assert bound_mb < 21 * 4000 * 600 * 4 / 2**20
+    tests = Path(__file__).resolve().parent
+    result = subprocess.run([sys.executable, "-c", SLIDE_MASK_MEMORY, "masks", str(tests.parent)], cwd=tests,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(tests)})
+    assert result.returncode == 0, result.stderr
+    masks = json.loads(result.stdout.strip().splitlines()[-1])
+    assert masks["shape"] == [1, 4000, 600]
+    assert masks["peak_mb"] < bound_mb, f"slide masks grew RSS by {masks['peak_mb']:.0f} MB > {bound_mb:.0f} MB"
