@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -305,3 +306,30 @@ def test_slide_mask_memory_is_bounded_by_the_window():
     masks = json.loads(result.stdout.strip().splitlines()[-1])
     assert masks["shape"] == [1, 4000, 600]
     assert masks["peak_mb"] < bound_mb, f"slide masks grew RSS by {masks['peak_mb']:.0f} MB > {bound_mb:.0f} MB"
+
+
+def test_every_output_flag_refuses_inputs_and_other_kinds(weights, demo, tmp_path):
+    import tools.benchmark
+    import tools.export
+    import tools.plot_curves
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.onnx").write_text("deployment notes\n")
+    with pytest.raises(UsageError, match="model.onnx exists and is a text file, not a ONNX model"):
+        tools.export.main(tools.export.parse_args(["--weights", str(weights), "--output-dir", str(out)]))
+    shutil.copy(weights, tmp_path / "model.torchscript.pt")  # a checkpoint under that name: the kind matches,
+    with pytest.raises(UsageError, match="an input of this run"):  # but it is the input itself
+        tools.export.main(tools.export.parse_args(["--weights", str(tmp_path / "model.torchscript.pt"),
+                                                   "--output-dir", str(tmp_path), "--format", "torchscript"]))
+    (tmp_path / "curves_per_class.png").write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
+    with pytest.raises(UsageError, match="curves_per_class.png exists and is a JPEG photo"):
+        tools.plot_curves.main(tools.plot_curves.parse_args([str(tmp_path), "--output", str(tmp_path / "curves.png")]))
+    with pytest.raises(UsageError, match="--json .* an input of this run"):
+        tools.benchmark.main(tools.benchmark.parse_args(["--weights", str(weights), "--json", str(weights),
+                                                         "--device", "cpu"]))
+    classes = demo / "classes.json"
+    before = digest(classes)
+    line = error_line(run("my_dataset.py", "check", "--data-path", demo, "--dataset", "voc", "--split", "val",
+                          "--save-counts", classes, check=False))
+    assert "--save-counts" in line and "an input of this run" in line and digest(classes) == before
