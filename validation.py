@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         check_writable(Path(args.json), "--json")
     save_dir = Path(args.save_dir) if args.save_dir else None
     if save_dir is not None:  # before any work: a missing matplotlib or an unwritable folder is one line
-        prepare_save_dir(save_dir, data=[args.data_path, args.weights, args.config])
+        prepare_save_dir(save_dir, data=[args.data_path])
     info = init_distributed_mode(args.device, rendezvous_s=args.rendezvous_timeout)
     runtime = resolve_runtime(args, info.local_rank, device=info.device)
     loaded, model = load_inference_model(args, runtime)

@@ -2,6 +2,7 @@
 
     inference.forward  normalising photos, the one forward pass (autocast, memory format, logits resized)
     inference.modes    whole image, sliding window, multi-scale + flip; the inference flags
+    inference.memory   the memory a whole-image pass needs, and the memory left
     inference.loading  a checkpoint rebuilt and prepared for inference
     inference.photos   photos decoded in loader workers, batched by size
     inference.folder   folder prediction: batches through the model, files written by background threads
