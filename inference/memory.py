@@ -64,11 +64,22 @@ def _fit(model: nn.Module, device: torch.device) -> List[Tuple[float, float, flo
     return cached[key]
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The eager model inside torch.compile and DDP wrappers: probing it recompiles nothing, and runs no DDP
+    collective (ranks reach their first large batch at different times)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
 def whole_image_bytes(model: nn.Module, images: torch.Tensor) -> int:
     """About how many bytes a whole-image pass of `images` (N, 3, H, W) allocates at its peak."""
     n, _, height, width = images.shape
-    base = getattr(model, "_orig_mod", model)  # a compiled model: probe the eager one (no recompiles)
-    fits = _fit(base, images.device)
+    fits = _fit(_unwrapped(model), images.device)
 
     def at(a: float, b: float, c: float) -> float:
         return max(a * height * width + b * (height + width) + c, 0.0)
