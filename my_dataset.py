@@ -16,6 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from core.cli import USER_ERRORS, ArgumentParser, non_negative_float, non_negative_int, one_line, seed
+from core.outputs import check_output
 from core.palette import VOC_CLASSES_FILE, VOC_PALETTE, ClassNames, PathLike, load_class_names, resolve_class_names
 from core.platform import check_writable
 from data_utils import (
@@ -50,6 +51,7 @@ from data_utils import (
     make_demo_sample,
     make_label_map,
     missing_files,
+    own_class_file,
     print_report,
     read_image,
     read_mask,
@@ -76,8 +78,9 @@ __all__ = [
 
 def run_check(args: argparse.Namespace) -> int:
     """The `check` command: 0 if the split is clean, 1 if any file has a problem."""
-    if args.save_counts:
-        check_writable(args.save_counts, "--save-counts")  # before the scan, not after it
+    if args.save_counts:  # before the scan, not after it; never over the dataset's own class file
+        check_output("--save-counts", args.save_counts, "json", [own_class_file(args.data_path)])
+        check_writable(args.save_counts, "--save-counts")
     return check_split(args.dataset, args.data_path, args.split, args.workers, args.save_counts)
 
 

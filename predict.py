@@ -41,9 +41,11 @@ from data_utils import IMAGE_EXTENSIONS, add_max_image_pixels_flag, save_mask, s
 from inference import (
     Prediction,
     add_inference_flags,
+    check_output_files,
     inferer_from_args,
     load_inference_model,
     output_stems,
+    output_target,
     photo_loader,
     predict_folder,
     refuse_overwriting_inputs,
@@ -107,9 +109,9 @@ def endings(args: argparse.Namespace) -> List[str]:
 def output_paths(args: argparse.Namespace, images: List[Path], single: bool) -> List[Path]:
     """The mask file of each photo: --output itself for one photo and a .png --output, else <folder>/<stem>.png
     with a distinct stem per photo (see output_stems)."""
-    if single and args.output and Path(args.output).suffix.lower() == ".png":
-        return [Path(args.output)]
-    folder = Path(args.output or "predictions")
+    mask, folder = output_target(args.output, single)
+    if mask is not None:
+        return [mask]
     return [folder / f"{stem}.png" for stem in output_stems(images, endings(args))]
 
 
@@ -137,6 +139,7 @@ def main(args: argparse.Namespace) -> int:
     single = Path(args.image).is_file()
     outputs = output_paths(args, images, single)
     refuse_overwriting_inputs(images, [f for out in outputs for f in companions(out, args)])
+    check_output_files([f for out in outputs for f in companions(out, args)], [args.weights, args.config])
     runtime = resolve_runtime(args)
     loaded, model = load_inference_model(args, runtime)
     names = loaded.class_names or default_class_names(loaded.num_classes)

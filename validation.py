@@ -26,9 +26,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from torch.utils.data import DataLoader
 
 from core.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
+from core.outputs import check_distinct, check_output
 from core.platform import append_text, atomic_write, check_writable, nan_to_none
+from core.rendezvous import add_rendezvous_flag
 from core.runtime import add_runtime_flags, resolve_runtime
-from data_utils import build_dataset, collate_fn, set_max_image_pixels
+from data_utils import build_dataset, collate_fn, own_class_file, set_max_image_pixels
 from inference import add_inference_flags, inferer_from_args, load_inference_model, whole_image
 from recording.run_files import RECORD_FILE
 from src import add_model_flags
@@ -38,7 +40,13 @@ from train_utils.options import add_data_flags
 from train_utils.sampler import EvalBatchSampler
 from train_utils.train_eval import run_evaluation
 from transforms import SegmentationPresetEval
-from visualization.val_pictures import ValidationPictures, keep_worst_tiles, prepare_save_dir, save_figures
+from visualization.val_pictures import (
+    ValidationPictures,
+    check_save_dir,
+    keep_worst_tiles,
+    prepare_save_dir,
+    save_figures,
+)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -47,6 +55,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_data_flags(parser)
     add_model_flags(parser)
     add_runtime_flags(parser)
+    add_rendezvous_flag(parser)
     parser.add_argument("--split", default="val", help="split to evaluate")
     parser.add_argument("--record", default=None,
                         help="record file to append to (default: record_mAP.txt next to the weights)")
@@ -100,18 +109,26 @@ def record_path(args: argparse.Namespace) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    # The outputs are checked first: finding them unwritable after the evaluation would waste it.
     set_max_image_pixels(args.max_image_pixels)
-    check_writable(record_path(args), "--record" if args.record else "--record (default: next to --weights)")
+    # The outputs are checked first: finding them unwritable after the evaluation would waste it, and one
+    # that is an input (--json X --weights X) or a file of another kind is refused before it is replaced.
+    record_flag = "--record" if args.record else "--record (default: next to --weights)"
+    inputs = [args.weights, args.config, own_class_file(args.data_path)]
+    check_output(record_flag, record_path(args), "text", inputs)
+    check_output("--json", args.json, "json", inputs)
+    check_distinct([(record_flag, record_path(args)), ("--json", args.json)])
+    check_writable(record_path(args), record_flag, appendable=True)
     if args.json:
         check_writable(Path(args.json), "--json")
     save_dir = Path(args.save_dir) if args.save_dir else None
     if save_dir is not None:  # before any work: a missing matplotlib or an unwritable folder is one line
-        prepare_save_dir(save_dir)
-    info = init_distributed_mode(args.device)
+        prepare_save_dir(save_dir, data=[args.data_path])
+    info = init_distributed_mode(args.device, rendezvous_s=args.rendezvous_timeout)
     runtime = resolve_runtime(args, info.local_rank, device=info.device)
     loaded, model = load_inference_model(args, runtime)
     dataset = load_val_set(args, loaded.num_classes)
+    if save_dir is not None:
+        check_save_dir(save_dir, dataset.pairs, [p[0].stem for p in dataset.pairs])
     class_names = list(loaded.class_names or dataset.class_names)
     sampler = EvalBatchSampler(dataset.image_sizes(), args.batch_size, info.rank, info.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, collate_fn=collate_fn,

@@ -105,7 +105,19 @@ def extract_state_dict(obj: Any, path: PathLike = "<checkpoint>") -> Dict[str, t
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
+    check_finite(obj, path)
     return dict(obj)
+
+
+def check_finite(state: Dict[str, torch.Tensor], path: PathLike = "<checkpoint>") -> None:
+    """Raises a ValueError naming the first parameter or buffer holding NaN or inf: such a model predicts
+    garbage (all one class) without any error, so it is refused on load rather than scored."""
+    for name, tensor in state.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            raise ValueError(f"{path}: tensor {name!r} holds non-finite values ({nan} NaN, {inf} inf of "
+                             f"{tensor.numel()}); the weights are damaged (a diverged or corrupted run?): use an "
+                             f"earlier checkpoint")
 
 
 def _typed(meta: Dict[str, Any], key: str, kind: type, path: PathLike) -> Any:

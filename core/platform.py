@@ -90,13 +90,19 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
     fsync_dir(path.parent)
 
 
-def check_writable(path: PathLike, what: str) -> None:
+def check_writable(path: PathLike, what: str, appendable: bool = False) -> None:
     """Raises a one-line OSError naming `what` (a flag) unless `path` can be written as atomic_write writes
     it: a temporary file in its folder, then a rename. Nothing is left behind (folders are not created).
+    With `appendable` (a file append_text extends), a link is checked at its target, and an existing file that
+    can be written in place also passes.
 
     For checking an output before hours of work, not after.
     """
     path = Path(path)
+    if appendable and path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if appendable and path.is_file() and os.access(path, os.W_OK):
+        return
     if path.is_dir():
         raise IsADirectoryError(f"{what} {path} is a folder; give a file name")
     folder = path.parent
@@ -275,14 +281,43 @@ def locked(directory: PathLike) -> Iterator[None]:
 
 
 def append_text(path: PathLike, text: str) -> None:
-    """Appends `text` to `path` (created if missing) so that the file is always either before or after."""
+    """Appends `text` to `path` (created if missing) so that the file is always either before or after.
+
+    A symbolic link (a shared log) is appended through, as `>>` would: its target is the file replaced, so the
+    link stays a link. Where the target's folder cannot take the temporary file (a log one may write but not
+    create files beside), the text is appended in place under a lock on the file instead.
+    """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))  # every link of a chain followed, as open() would
     path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(path.parent):
-        old = path.read_bytes() if path.exists() else b""
-        if old and not old.endswith(b"\n"):
-            old += b"\n"
-        atomic_write(path, lambda f: f.write(old + text.encode("utf-8")))
+    data = text.encode("utf-8")
+    try:
+        with locked(path.parent):
+            old = path.read_bytes() if path.exists() else b""
+            if old and not old.endswith(b"\n"):
+                old += b"\n"
+            atomic_write(path, lambda f: f.write(old + data))
+    except PermissionError:
+        if not os.access(path, os.W_OK):
+            raise
+        _append_in_place(path, data)
+
+
+def _append_in_place(path: Path, data: bytes) -> None:
+    """One O_APPEND write under an exclusive lock on the file itself (POSIX; Windows: the write alone)."""
+    with open(path, "ab") as f:
+        fcntl = _fcntl()
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        if f.tell() > 0:
+            with open(path, "rb") as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    data = b"\n" + data
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def nan_to_none(obj: Any) -> Any:

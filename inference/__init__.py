@@ -2,6 +2,7 @@
 
     inference.forward  normalising photos, the one forward pass (autocast, memory format, logits resized)
     inference.modes    whole image, sliding window, multi-scale + flip; the inference flags
+    inference.memory   the memory a whole-image pass needs, and the memory left
     inference.loading  a checkpoint rebuilt and prepared for inference
     inference.photos   photos decoded in loader workers, batched by size
     inference.folder   folder prediction: batches through the model, files written by background threads
@@ -10,7 +11,7 @@
 It imports core/, src/ and data_utils/ only: running a model does not need the training engine.
 """
 from .folder import BackgroundWriter, FolderResult, Prediction, predict_folder, predict_images
-from .forward import Inferer, normalize, predict_scores, prepare_images, resize_logits, whole_image
+from .forward import Inferer, normalize, predict_masks, predict_scores, prepare_images, resize_logits, whole_image
 from .loading import load_inference_model, prepare_inference_model
 from .modes import (
                     InferenceMode,
@@ -18,16 +19,17 @@ from .modes import (
                     inferer_from_args,
                     make_inferer,
                     slide_inference,
+    slide_masks,
                     tta_inference,
                     window_starts,
 )
-from .outputs import output_stems, refuse_overwriting_inputs
+from .outputs import check_output_files, output_stems, output_target, refuse_overwriting_inputs
 from .photos import PhotoBatch, PhotoFolder, photo_loader, size_batches
 
 __all__ = [
     "BackgroundWriter", "FolderResult", "Inferer", "InferenceMode", "PhotoBatch", "PhotoFolder", "Prediction",
-    "add_inference_flags", "inferer_from_args", "load_inference_model", "make_inferer", "normalize",
-    "output_stems", "photo_loader", "predict_folder", "predict_images", "predict_scores", "prepare_images",
-    "prepare_inference_model", "refuse_overwriting_inputs", "resize_logits", "size_batches", "slide_inference",
+    "add_inference_flags", "check_output_files", "inferer_from_args", "load_inference_model", "make_inferer", "normalize",
+    "output_stems", "output_target", "photo_loader", "predict_folder", "predict_images", "predict_masks", "predict_scores", "prepare_images",
+    "prepare_inference_model", "refuse_overwriting_inputs", "resize_logits", "size_batches", "slide_inference", "slide_masks",
     "tta_inference", "whole_image", "window_starts",
 ]

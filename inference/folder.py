@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from core.runtime import Runtime, synchronize
 
-from .forward import Inferer, predict_scores, whole_image
+from .forward import Inferer, predict_masks, predict_scores, whole_image
 
 
 @torch.inference_mode()
@@ -97,13 +97,24 @@ class BackgroundWriter:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _pass(model: nn.Module, images: torch.Tensor, runtime: Runtime, infer: Inferer,
+          masks_only: bool) -> torch.Tensor:
+    """Scores (N, C, H, W) on the device, or with `masks_only` uint8 masks (N, H, W) on the host where the
+    inferer has a bounded-memory mask path (slide mode: no photo-sized logits)."""
+    masks = getattr(infer, "masks", None) if masks_only else None
+    if masks is None:
+        return predict_images(model, images, runtime, infer)
+    with torch.inference_mode():
+        return predict_masks(model, images, runtime, masks)
+
+
 def _timed_pass(model: nn.Module, images: torch.Tensor, runtime: Runtime, infer: Inferer,
-                runs: int) -> Tuple[torch.Tensor, List[float]]:
+                runs: int, masks_only: bool = False) -> Tuple[torch.Tensor, List[float]]:
     times = []
     for _ in range(runs):
         synchronize(runtime.device)
         start = time.perf_counter()
-        scores = predict_images(model, images, runtime, infer)
+        scores = _pass(model, images, runtime, infer, masks_only)
         synchronize(runtime.device)
         times.append(time.perf_counter() - start)
     return scores, times
@@ -111,8 +122,9 @@ def _timed_pass(model: nn.Module, images: torch.Tensor, runtime: Runtime, infer:
 
 def _to_host(indices: List[int], images: torch.Tensor, scores: torch.Tensor, probabilities: bool,
              with_probs: bool) -> List[Prediction]:
-    """Masks (and probabilities) of a batch, computed on the device and copied to the host once per batch."""
-    masks = scores.argmax(1).to(torch.uint8).cpu().numpy()
+    """Masks (and probabilities) of a batch, computed on the device and copied to the host once per batch;
+    `scores` may be the (N, H, W) masks already."""
+    masks = (scores if scores.ndim == 3 else scores.argmax(1)).to(torch.uint8).cpu().numpy()
     probs = None
     if with_probs:
         p = scores.float() if probabilities else scores.float().softmax(1)
@@ -149,9 +161,9 @@ def predict_folder(model: nn.Module, loader: DataLoader, runtime: Runtime, write
             for indices, images in batch.groups:
                 if first:
                     for _ in range(warmup):
-                        predict_images(model, images, runtime, infer)
+                        _pass(model, images, runtime, infer, not with_probs)
                     first = False
-                scores, times = _timed_pass(model, images, runtime, infer, runs)
+                scores, times = _timed_pass(model, images, runtime, infer, runs, not with_probs)
                 result.pass_seconds += times
                 for prediction in _to_host(indices, images, scores, probabilities, with_probs):
                     writer.submit(prediction)

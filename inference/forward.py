@@ -12,6 +12,8 @@ from torch import nn
 from core.constants import IMAGENET_MEAN, IMAGENET_STD
 from core.runtime import Runtime
 
+from .memory import check_whole_image_fits
+
 # infer(model, normalised images) -> (N, C, H, W) scores at the images' size: logits, or probabilities
 # under test-time augmentation (see inference.modes).
 Inferer = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -40,7 +42,9 @@ def prepare_images(images: torch.Tensor, device: torch.device, channels_last: bo
 
 
 def whole_image(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Logits of the whole image in one forward pass (the default inference mode)."""
+    """Logits of the whole image in one forward pass (the default inference mode). A large photo whose pass
+    would not fit in the memory left is refused first, with the advice to use --mode slide."""
+    check_whole_image_fits(model, images)
     return model(images)["out"]
 
 
@@ -60,3 +64,11 @@ def predict_scores(model: nn.Module, images: torch.Tensor, runtime: Runtime, inf
     with runtime.autocast():
         scores = infer(model, x)
     return scores if size is None else resize_logits(scores, size)
+
+
+def predict_masks(model: nn.Module, images: torch.Tensor, runtime: Runtime,
+                  masks: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """uint8 (N, 3, H, W) host batch -> uint8 (N, H, W) host masks through an inferer's bounded-memory mask path
+    (InferenceMode.masks: the photo goes to the device as uint8, each window is normalised there)."""
+    with runtime.autocast():
+        return masks(model, images.to(runtime.device, non_blocking=True), channels_last=runtime.channels_last)

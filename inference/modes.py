@@ -7,15 +7,19 @@ the command-line flags of `add_inference_flags`.
 import argparse
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from core.cli import UsageError, positive_float, positive_int
 
-from .forward import Inferer, resize_logits, whole_image
+from .forward import Inferer, normalize, resize_logits, whole_image
+
+# A photo of at least this many windows shows a progress bar of its windows.
+PROGRESS_WINDOWS = 64
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -100,16 +104,96 @@ def _sum_windows(model: nn.Module, images: torch.Tensor, crops: List[Tuple[int, 
     (wh, ww), (n, _, height, width) = size, images.shape
     channels_last = images.is_contiguous(memory_format=torch.channels_last)
     logits = None
-    for part in _chunks(crops, chunk):
-        batch = torch.stack([images[i, :, y:y + wh, x:x + ww] for i, y, x in part])  # (k, 3, wh, ww)
-        if channels_last:  # keep the layout the caller chose for speed
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        out = _check_classes(model(batch)["out"], num_classes)
-        if logits is None:  # allocated here to take the output's dtype (bf16/fp16 under autocast)
-            logits = out.new_zeros((n, out.shape[1], height, width))
-        for (i, y, x), o in zip(part, out):
-            logits[i, :, y:y + wh, x:x + ww] += o
+    with window_progress(len(crops)) as bar:
+        for part in _chunks(crops, chunk):
+            out = _run_windows(model, images, part, size, channels_last, num_classes)
+            if logits is None:  # allocated here to take the output's dtype (bf16/fp16 under autocast)
+                logits = out.new_zeros((n, out.shape[1], height, width))
+            for (i, y, x), o in zip(part, out):
+                logits[i, :, y:y + wh, x:x + ww] += o
+            bar.update(len(part))
     return logits
+
+
+def window_progress(total: int) -> tqdm:
+    """A progress bar of the windows of a large photo (hidden below PROGRESS_WINDOWS windows: small photos
+    finish before a bar would say anything)."""
+    return tqdm(total=total, desc="windows", unit="win", leave=False, dynamic_ncols=True,
+                disable=total < PROGRESS_WINDOWS)
+
+
+def _run_windows(model: nn.Module, images: torch.Tensor, part: Sequence[Tuple[int, int, int]],
+                 size: Tuple[int, int], channels_last: bool, num_classes: Optional[int],
+                 normalise: bool = False) -> torch.Tensor:
+    """The logits (k, C, wh, ww) of the windows `part` ((image index, top, left)) in one forward pass."""
+    wh, ww = size
+    batch = torch.stack([images[i, :, y:y + wh, x:x + ww] for i, y, x in part])  # (k, 3, wh, ww)
+    if normalise:
+        batch = normalize(batch)
+    if channels_last:  # keep the layout the caller chose for speed
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return _check_classes(model(batch)["out"], num_classes)
+
+
+def _shift_up(band: torch.Tensor, rows: int) -> None:
+    """Moves band[:, rows:] to the top of `band` in place and zeroes the rows freed at the bottom; copied in
+    steps of `rows` rows, so that no step reads what it writes (and no band-sized copy is made)."""
+    height = band.shape[1]
+    for start in range(0, height - rows, rows):
+        stop = min(start + rows, height - rows)
+        band[:, start:stop] = band[:, start + rows:stop + rows]
+    band[:, max(height - rows, 0):] = 0
+
+
+@torch.no_grad()
+def slide_masks(model: nn.Module, images: torch.Tensor, window: IntPair = 512, stride: IntPair = 341,
+                num_classes: Optional[int] = None, chunk: int = 4, channels_last: bool = False) -> torch.Tensor:
+    """The masks of slide_inference (the argmax of the same averaged logits, bit for bit) in memory bounded by
+    the window: the windows are run one row of windows at a time and the logits are kept for the rows that a
+    later window still covers only (C x window height x photo width), each finished row going straight into
+    the mask. The photo itself stays uint8; each window is normalised on its own.
+
+    Args:
+        images: uint8 (N, 3, H, W) photos on the model's device.
+        window, stride, num_classes, chunk: as for slide_inference.
+        channels_last: run the windows in channels-last memory format.
+    Returns:
+        uint8 (N, H, W) class indices on the host.
+    """
+    check_window(window, stride)
+    (wh, ww), (sh, sw) = _pair(window), _pair(stride)
+    n, _, height, width = images.shape
+    masks = torch.empty((n, height, width), dtype=torch.uint8)
+    if height <= wh and width <= ww:
+        x = normalize(images)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        masks.copy_(_check_classes(model(x)["out"], num_classes).argmax(1))
+        return masks
+    ys, xs = window_starts(height, wh, sh), window_starts(width, ww, sw)
+    wh, ww = min(wh, height), min(ww, width)
+    rows = _coverage(height, wh, sh, images.device)
+    cols = _coverage(width, ww, sw, images.device)
+    with window_progress(n * len(ys) * len(xs)) as bar:
+        for i in range(n):
+            band, top = None, 0  # the logits of rows top .. top + wh
+            for k, y in enumerate(ys):
+                for part in _chunks([(i, y, x) for x in xs], chunk):
+                    out = _run_windows(model, images, part, (wh, ww), channels_last, num_classes, normalise=True)
+                    if band is None:
+                        band = out.new_zeros((out.shape[1], wh, width))
+                    elif y != top:  # move the band down to start at this row of windows
+                        _shift_up(band, y - top)
+                        top = y
+                    for (_, _, x), o in zip(part, out):
+                        band[:, :, x:x + ww] += o
+                    bar.update(len(part))
+                # Rows above the next row of windows are final: averaged (as slide_inference divides) and argmaxed.
+                end = ys[k + 1] if k + 1 < len(ys) else top + wh
+                done = band[:, :end - top]
+                done /= rows[top:end].to(done.dtype).view(-1, 1)
+                done /= cols.to(done.dtype).view(1, width)
+                masks[i, top:end] = done.argmax(0).to(torch.uint8).cpu()
+    return masks
 
 
 def _check_classes(logits: torch.Tensor, num_classes: Optional[int]) -> torch.Tensor:
@@ -187,6 +271,14 @@ class InferenceMode:
         if self.mode == "whole":
             return whole_image
         return partial(slide_inference, window=self.window, stride=self.stride, chunk=self.chunk)
+
+    @property
+    def masks(self) -> Optional[Callable[..., torch.Tensor]]:
+        """For slide mode without test-time augmentation, `masks(model, uint8 images, channels_last)` -> uint8
+        masks in memory bounded by the window (see slide_masks); None where the scores are needed whole."""
+        if self.mode != "slide" or self.tta:
+            return None
+        return partial(slide_masks, window=self.window, stride=self.stride, chunk=self.chunk)
 
     @property
     def tta(self) -> bool:

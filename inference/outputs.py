@@ -3,9 +3,15 @@ that would replace an input."""
 import os
 from collections import Counter
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple, Union
 
 from core.cli import UsageError
+from core.outputs import check_output
+from data_utils import IMAGE_EXTENSIONS
+
+PathLike = Union[str, os.PathLike]
+# What predict.py writes, by the ending of the file name.
+OUTPUT_KINDS = {".png": "png", ".npy": "npy"}
 
 
 def output_stems(paths: Sequence[Path], endings: Sequence[str] = (".png",)) -> List[str]:
@@ -45,3 +51,29 @@ def refuse_overwriting_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -
         if photo is not None:
             raise UsageError(f"--output: writing {out} would overwrite the input photo {photo}; write the "
                              f"predictions to another folder (--output)")
+
+
+def check_output_files(outputs: Sequence[Path], inputs: Sequence[Optional[PathLike]] = ()) -> None:
+    """Raises a UsageError before anything is written if an output would replace one of `inputs` (the
+    checkpoint, the config) or an existing file of another kind than it is (a mask over a JPEG or a text)."""
+    for out in outputs:
+        check_output("--output", out, OUTPUT_KINDS[out.suffix.lower()], inputs)
+
+
+def output_target(output: Optional[str], single: bool) -> Tuple[Optional[Path], Path]:
+    """(mask file, None) or (None, folder) that --output names: the file itself for one photo and a .png name,
+    else a folder (predictions/ by default). A file name of another kind is refused, rather than made a folder
+    of that name."""
+    if output is None:
+        return None, Path("predictions")
+    path = Path(output)
+    suffix = path.suffix.lower()
+    if path.is_dir() or not (suffix == ".png" or suffix in IMAGE_EXTENSIONS or suffix == ".npy"):
+        return None, path
+    if not single:
+        raise UsageError(f"--output {path}: --image is a folder, so --output names a folder for its masks, not a "
+                         f"{suffix} file; give a folder name")
+    if suffix != ".png":
+        raise UsageError(f"--output {path}: masks are written as PNG; name the file {path.with_suffix('.png')}, "
+                         f"or give a folder")
+    return path, path.parent

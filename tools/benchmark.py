@@ -32,6 +32,7 @@ from core.cli import (  # noqa: E402
     positive_int,
     run_main,
 )
+from core.outputs import check_output  # noqa: E402
 from core.runtime import add_runtime_flags, resolve_runtime  # noqa: E402
 from src import add_model_flags  # noqa: E402
 from tools.benchlib.baselines import TV_BUILDERS  # noqa: E402
@@ -138,6 +139,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     args = resolve_args(args)
+    check_output("--json", args.json, "json", [getattr(args, "weights", None), getattr(args, "config", None)])
     runtime = resolve_runtime(args)
     runtime.set_backend_flags()  # cudnn.benchmark on CUDA, as train.py and TV's train.py; warm-up covers every shape
     env = environment(runtime)

@@ -20,6 +20,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
 from core.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
+from core.outputs import check_output  # noqa: E402
 from src import add_model_flags, model_from_checkpoint  # noqa: E402
 
 FORMATS = ("torchscript", "onnx")
@@ -195,6 +196,10 @@ def check_opset(opset: int) -> None:
                          f"choose one of them (default 17)")
 
 
+# The file each format writes into --output-dir, and what it holds (core.outputs kinds).
+EXPORT_FILES = {"torchscript": ("model.torchscript.pt", "checkpoint"), "onnx": ("model.onnx", "onnx")}
+
+
 def main(args: argparse.Namespace) -> int:
     if args.size < MIN_SIZE:
         raise ValueError(f"--size must be at least {MIN_SIZE}, got {args.size}")
@@ -204,6 +209,9 @@ def main(args: argparse.Namespace) -> int:
     formats = chosen_formats(args.format)
     if "onnx" in formats:
         check_opset(args.opset)
+    for fmt, (name, kind) in EXPORT_FILES.items():  # neither replaces the checkpoint nor a file of another kind
+        if fmt in formats:
+            check_output("--output-dir", out_dir / name, kind, [args.weights, args.config])
     model, description = load_for_export(args.weights, args.model, args.num_classes)
     print(f"loaded {args.weights}: {description}")
     module = LogitsOnly(model).eval()

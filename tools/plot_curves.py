@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.cli import ArgumentParser, HelpFormatter, UsageError, run_main  # noqa: E402
+from core.outputs import check_output  # noqa: E402
 from recording.history import load_history  # noqa: E402
 from visualization.plots import curves_figure, per_class_iou_figure, require_matplotlib, save_figure  # noqa: E402
 
@@ -34,9 +35,11 @@ def main(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() != ".png":
         raise UsageError(f"--output {output}: must be a .png file")
+    per_class = output.with_name(f"{output.stem}_per_class.png")
+    for path in (output, per_class):
+        check_output("--output", path, "png")
     runs = [load_history(run) for run in args.runs]
     labels = args.labels or args.runs
-    per_class = output.with_name(f"{output.stem}_per_class.png")
     save_figure(curves_figure(runs, labels), output)
     save_figure(per_class_iou_figure(runs, labels), per_class)
     print(f"wrote {output} and {per_class}")

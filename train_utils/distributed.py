@@ -7,6 +7,7 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 
+from core.rendezvous import connect, join_ranks, rendezvous_timeout
 from core.runtime import resolve_device
 
 
@@ -45,11 +46,14 @@ def elastic_restart_count() -> int:
     return _env_int("TORCHELASTIC_RESTART_COUNT") or 0
 
 
-def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800) -> DistInfo:
+def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800,
+                          rendezvous_s: Optional[float] = None) -> DistInfo:
     """Joins the process group described by torchrun's (or SLURM's) environment, if any.
 
     torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; under srun, SLURM_PROCID,
     SLURM_NTASKS and SLURM_LOCALID stand in for the first three and MASTER_ADDR/MASTER_PORT must be exported.
+    Every process waits at most `rendezvous_s` seconds (--rendezvous-timeout; core.rendezvous) for the others
+    to join, then stops naming the missing ranks; `timeout_s` bounds each later collective.
     Without any of them this is one process. The backend is NCCL on CUDA and Gloo elsewhere: on the CPU, on
     Apple GPUs, on Windows, whose PyTorch builds have no NCCL, and for several processes on one GPU.
     """
@@ -65,8 +69,11 @@ def init_distributed_mode(device: Optional[str] = None, timeout_s: int = 1800) -
                                  f"for srun")
         backend = choose_backend(dev, _env_int("LOCAL_WORLD_SIZE") or 1)
         kwargs = {"device_id": dev} if backend == "nccl" else {}
-        dist.init_process_group(backend, store=_attempt_store(rank, world_size, timeout_s), rank=rank,
-                                world_size=world_size, timeout=timedelta(seconds=timeout_s), **kwargs)
+        wait_s = rendezvous_timeout(rendezvous_s)
+        store = _attempt_store(rank, world_size, wait_s, timeout_s)
+        join_ranks(store, rank, world_size, wait_s)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s), **kwargs)
     return info
 
 
@@ -78,7 +85,7 @@ def choose_backend(device: torch.device, local_world_size: int = 1) -> str:
     return "nccl" if local_world_size <= torch.cuda.device_count() else "gloo"
 
 
-def _attempt_store(rank: int, world_size: int, timeout_s: int) -> dist.Store:
+def _attempt_store(rank: int, world_size: int, wait_s: float, timeout_s: int) -> dist.Store:
     """The rendezvous key-value store, with keys private to this (re)start of the group.
 
     After an elastic restart torchrun's store still holds the keys of the previous attempt, among them the
@@ -86,8 +93,8 @@ def _attempt_store(rank: int, world_size: int, timeout_s: int) -> dist.Store:
     prefix per restart count keeps each attempt to its own keys.
     """
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts the server
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-                          is_master=rank == 0 and not agent, timeout=timedelta(seconds=timeout_s))
+    store = connect(os.environ["MASTER_ADDR"], _env_int("MASTER_PORT"), world_size, rank == 0 and not agent, rank,
+                    wait_s, timeout_s)
     return dist.PrefixStore(f"fcn/attempt_{elastic_restart_count()}", store)
 
 

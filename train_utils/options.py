@@ -13,6 +13,7 @@ from core.cli import (
     positive_int,
     seed,
 )
+from core.rendezvous import add_rendezvous_flag
 from core.runtime import Runtime, add_runtime_flags
 from data_utils import DATASETS, add_max_image_pixels_flag
 from src import AUX_MODELS, add_model_flags
@@ -52,6 +53,7 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
     add_data_flags(parser)
     add_model_flags(parser, training=True)
     add_runtime_flags(parser)
+    add_rendezvous_flag(parser)
     p = parser.add_argument
     p("--aux", action=argparse.BooleanOptionalAction, default=None,
       help="auxiliary head on layer3 (default: on for the ResNet FCNs; the VGG FCNs have none)")

@@ -70,7 +70,7 @@ def run_training(args: argparse.Namespace, extra_recorders: Optional[List[Record
     set_max_image_pixels(args.max_image_pixels)  # here, before any image is read, and for the loader workers
     if args.tensorboard:
         require_tensorboard()  # before any work: a missing extra is one line, not a crash after an epoch
-    info = init_distributed_mode(args.device)
+    info = init_distributed_mode(args.device, rendezvous_s=args.rendezvous_timeout)
     runtime = resolve_runtime(args, info.local_rank, device=info.device)
     train_set, val_set = build_datasets(args)
     class_names = list(train_set.class_names)
@@ -130,6 +130,12 @@ def fit(training: Training, wrap: Callable[[], nn.Module], train_loader: DataLoa
     if training.early_stop.should_stop:
         log.info(f"this run stopped early ({training.early_stop.reason()}): nothing to do; a larger --early-stop "
                  f"continues it")
+        return 0
+    if s.next_epoch >= args.epochs:  # a finished run resumed: the loop would not run, nor write anything
+        source = out / LAST if args.resume in (None, "auto") else args.resume
+        log.info(f"{source} has completed all {s.next_epoch} epochs, so there is nothing to train"
+                 f"{'' if (out / LAST).exists() else f' and no checkpoint is written to {out}'}; raise --epochs to "
+                 f"train on, or start a new run from its weights with --weights")
         return 0
     first_epoch, model = s.next_epoch, None
     for epoch in range(s.next_epoch, args.epochs):

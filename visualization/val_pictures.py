@@ -6,14 +6,16 @@ on rank 0, which draws the figures and keeps the worst images' tiles.
 """
 import math
 import os
+import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.cli import UsageError
+from core.outputs import check_output, check_output_folder, is_within, remove_leftovers
 from core.palette import Palette
 from core.platform import atomic_copy
 from data_utils import save_mask
@@ -72,8 +74,11 @@ class ValidationPictures:
         return sorted(scores, key=lambda s: (s[1], s[0]))[:k]
 
 
-def prepare_save_dir(save_dir: Path) -> None:
-    """Creates the folders (so an unwritable --save-dir fails before the evaluation, in one line)."""
+def prepare_save_dir(save_dir: Path, data: Iterable[Any] = ()) -> None:
+    """Refuses a folder that holds or lies inside `data` (the dataset's folder: a folder dataset's masks/ would
+    be overwritten by the predictions), creates the folders (so an unwritable --save-dir fails before the
+    evaluation, in one line) and removes the temporary files a killed run left there, saying so."""
+    check_output_folder("--save-dir", save_dir, [d for d in data if d is not None])
     require_matplotlib("--save-dir (confusion.png, per_class_iou.png)")
     try:
         for sub in (MASKS_DIR, TILES_DIR):
@@ -84,6 +89,23 @@ def prepare_save_dir(save_dir: Path) -> None:
     except OSError as e:
         raise UsageError(f"--save-dir {save_dir} is not writable ({e.strerror or e}); choose another "
                          f"--save-dir") from None
+    removed = remove_leftovers([save_dir] + [save_dir / sub for sub in (MASKS_DIR, TILES_DIR, WORST_DIR)])
+    if removed:
+        print(f"--save-dir {save_dir}: removed {len(removed)} temporary file(s) an interrupted run left: "
+              f"{', '.join(str(p) for p in removed[:3])}{', ...' if len(removed) > 3 else ''}", file=sys.stderr)
+
+
+def check_save_dir(save_dir: Path, pairs: Sequence[Sequence[Path]], stems: Sequence[str]) -> None:
+    """Before evaluating: no image or mask of the dataset lies in `save_dir` (through links too), and every file
+    the pictures would replace is a PNG (a previous run's), not something else kept there."""
+    for pair in pairs:
+        for path in pair:
+            if isinstance(path, (str, os.PathLike)) and is_within(path, save_dir):
+                raise UsageError(f"--save-dir {save_dir} holds {path} of the dataset being evaluated; the pictures "
+                                 f"could replace it: choose a --save-dir outside the data")
+    for name in (CONFUSION_FILE, CLASS_IOU_FILE, *(f"{sub}/{stem}.png" for sub in (MASKS_DIR, TILES_DIR)
+                                                    for stem in stems)):
+        check_output("--save-dir", save_dir / name, "png")
 
 
 def save_figures(save_dir: Path, cm: Any, class_names: Sequence[str]) -> None:
