@@ -273,6 +273,7 @@ def test_slide_masks_equal_slide_logits_argmax_and_show_progress(capsys):
 SLIDE_MASK_MEMORY = textwrap.dedent("""
     import json, sys
     import torch
+    torch.set_num_threads(1)  # each intra-op thread has its own scratch: one thread makes the peak repeatable
     sys.path.insert(0, sys.argv[2])
     from test_hostile_outputs import Tiny
     from inference.modes import slide_masks
