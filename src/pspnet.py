@@ -1,6 +1,6 @@
 """PSPNet: the FCNs' dilated ResNet-50/101 with a pyramid pooling module (MMSegmentation's PSPHead) and the
 FCN aux head on layer3."""
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +10,29 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from .fcn_model import FCN, FCNHead
 from .weights import load_backbone_weights
+
+
+class AdaptiveAvgPool(nn.Module):
+    """nn.AdaptiveAvgPool2d's bins (start floor(i * H / s), end ceil((i + 1) * H / s)) as two matrix products
+    built from the input's size at run time: the same averages, but an exported model (TorchScript, ONNX)
+    keeps them right at every input size, where a traced adaptive pool freezes the bins of the tracing size.
+    """
+
+    def __init__(self, output_size: int) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def bins(self, length: Union[int, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """(s, length): row i averages the positions of bin i."""
+        n = self.output_size
+        position = torch.arange(length, device=like.device)
+        index = torch.arange(n, device=like.device)[:, None]
+        inside = (position >= index * length // n) & (position < ((index + 1) * length + n - 1) // n)
+        return inside.to(like.dtype) / inside.sum(1, keepdim=True).to(like.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.bins(x.shape[-2], x), self.bins(x.shape[-1], x)
+        return rows @ x @ cols.transpose(0, 1)  # (s, H) @ (N, C, H, W) @ (W, s) -> (N, C, s, s)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
@@ -32,7 +55,7 @@ class PSPHead(nn.Module):
                  channels: int = 512) -> None:
         super().__init__()
         self.psp_modules = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(scale), *conv_bn_relu(in_channels, channels)) for scale in pool_scales
+            nn.Sequential(AdaptiveAvgPool(scale), *conv_bn_relu(in_channels, channels)) for scale in pool_scales
         )
         self.bottleneck = conv_bn_relu(in_channels + len(pool_scales) * channels, channels, 3)
         self.dropout = nn.Dropout2d(0.1)

@@ -161,9 +161,13 @@ def check_recipe(args: argparse.Namespace) -> None:
         augmentation(args).check()
     except ValueError as e:
         raise UsageError(str(e)) from None
+    spec = get_spec(args.model)
+    if args.freeze_backbone and spec.backbone is None:
+        raise UsageError(f"--freeze-backbone {args.freeze_backbone}: {args.model} trains from scratch, it has no "
+                         f"pretrained backbone to freeze; drop --freeze-backbone")
     # With one image per batch, BatchNorm on a 1x1 map (a small crop at the model's output stride, or a
     # global-pooling branch) sees a single value per channel and cannot normalise it.
-    problem = get_spec(args.model).batch_of_one_problem(args.crop_size) if args.batch_size == 1 else None
+    problem = spec.batch_of_one_problem(args.crop_size) if args.batch_size == 1 else None
     if problem:
         raise UsageError(f"-b 1 with --crop-size {args.crop_size} cannot train {args.model}: {problem}; or use -b 2")
 
