@@ -386,6 +386,16 @@ def test_fold_batchnorm_keeps_the_function():
 
 # ------------------------------------------------------------------ DeepLabV3, LR-ASPP, U-Net, PSPNet
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: two spinning OpenMP threads on a shared 2-core machine make small models several
+    times slower (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _random_bn_statistics(*models: torch.nn.Module) -> None:
     """The same non-trivial running statistics in every model, so that eval-mode BN is exercised."""
     bns = [[m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] for model in models]
@@ -402,6 +412,7 @@ TV_PARITY = [("deeplabv3_resnet50", True), ("deeplabv3_resnet50", False),
 
 
 @pytest.mark.parametrize("name,aux", TV_PARITY)
+@pytest.mark.usefixtures("one_thread")
 def test_torchvision_parity_of_the_new_models(name, aux):
     """torchvision's state dict loads strictly, and the outputs are torchvision's (fp32, CPU)."""
     torch.manual_seed(2)
@@ -432,6 +443,7 @@ def test_deeplabv3_resnet101_state_dict_is_torchvisions():
     assert sum(p.numel() for p in model.parameters()) == 60_996_202  # torchvision's weights metadata
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_aspp_rates_and_lraspp_features():
     model = build_model("deeplabv3_resnet50", num_classes=3)
     assert [m[0].dilation for m in model.classifier[0].convs[1:4]] == [(12, 12), (24, 24), (36, 36)]
@@ -475,6 +487,7 @@ def _one_training_step(model: torch.nn.Module, size: tuple) -> None:
 
 
 @pytest.mark.parametrize("bilinear", [True, False])
+@pytest.mark.usefixtures("one_thread")
 def test_unet_odd_sizes_and_a_training_step(bilinear):
     from src.unet import UNet
 
@@ -486,6 +499,7 @@ def test_unet_odd_sizes_and_a_training_step(bilinear):
     _one_training_step(model, (29, 19))
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_pspnet_odd_sizes_and_a_training_step():
     torch.manual_seed(0)
     model = build_model("pspnet_resnet50", num_classes=3)
@@ -505,6 +519,7 @@ def test_unet_upsampling_choice():
         build_model("unet", pretrained_backbone="resnet50-0676ba61.pth")
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_mobilenet_backbone_from_local_file(tmp_path):
     reference = torchvision.models.mobilenet_v3_large(weights=None)
     path = tmp_path / "mobilenet_v3_large-8738ca79.pth"

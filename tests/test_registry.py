@@ -1,5 +1,6 @@
 """The model registry: what each entry says, that nothing else needs to know a model's name, and every new
 family through train (+ resume), validation, predict and export."""
+import contextlib
 import json
 from pathlib import Path
 
@@ -8,12 +9,24 @@ import torch
 import torchvision
 from torch import nn
 
+import predict
 import train
-from conftest import run
+import validation
+from core.cli import UsageError
 from my_dataset import make_demo_dataset
-from src import REGISTRY, ModelSpec, build_model, get_spec, guess_architecture, model_from_checkpoint, register
-from src import param_groups, unregister
+from src import (
+    REGISTRY,
+    ModelSpec,
+    build_model,
+    get_spec,
+    guess_architecture,
+    model_from_checkpoint,
+    param_groups,
+    register,
+    unregister,
+)
 from src.registry import has_keys
+from tools import export as export_tool
 from tools.benchlib.baselines import TV_BUILDERS, num_classes_of
 from train_utils.lr import get_params_groups
 from train_utils.options import get_args_parser
@@ -87,9 +100,10 @@ def test_raw_torchvision_files_are_recognised(tmp_path):
 
 
 def test_benchmark_refuses_a_model_without_a_torchvision_counterpart():
-    result = run("tools/benchmark.py", "--mode", "infer", "--model", "unet", "--device", "cpu", check=False)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "lraspp_mobilenet_v3_large" in result.stderr + result.stdout
+    from tools import benchmark
+
+    with pytest.raises(UsageError, match="--model unet: .*lraspp_mobilenet_v3_large"):
+        benchmark.resolve_args(benchmark.parse_args(["--mode", "infer", "--model", "unet", "--device", "cpu"]))
 
 
 # ------------------------------------------------------------------------------- a model from one entry
@@ -146,30 +160,43 @@ def tiny_data(tmp_path_factory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("tiny"), num_train=2, num_val=1, size=64)
 
 
+@contextlib.contextmanager
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", params=FAMILIES)
 def family_run(request, tiny_data, tmp_path_factory):
-    """One tiny run per family: 1 epoch, then resumed for a second one."""
+    """One tiny run per family, in this process: 1 epoch, then resumed for a second one."""
     name, out = request.param, tmp_path_factory.mktemp(request.param) / "run"
-    common = ["--data-path", tiny_data, "--output-dir", out, "--model", name, *TINY]
-    run("train.py", *common, "--epochs", "1")
-    run("train.py", *common, "--epochs", "2", "--resume", "auto")
+    common = ["--data-path", str(tiny_data), "--output-dir", str(out), "--model", name, *TINY]
+    with single_thread():
+        assert train.main(train.parse_args([*common, "--epochs", "1"])) == 0
+        assert train.main(train.parse_args([*common, "--epochs", "2", "--resume", "auto"])) == 0
     return name, out
 
 
-def test_family_trains_resumes_validates_predicts_exports(family_run, tiny_data, tmp_path):
+def test_family_trains_resumes_validates_predicts_exports(family_run, tiny_data, tmp_path, one_thread, capsys):
     name, out = family_run
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1]
     ckpt = torch.load(out / "last.pth", weights_only=True)
     assert ckpt["model_name"] == name and any(k.startswith("aux_classifier.") for k in ckpt["model"]) == (
         get_spec(name).aux_default)
-    run("validation.py", "--data-path", tiny_data, "--weights", out / "best.pth", "--device", "cpu", "-j", "0")
+    weights = ["--weights", str(out / "best.pth"), "--device", "cpu"]
+    assert validation.main(validation.parse_args(["--data-path", str(tiny_data), *weights, "-j", "0"])) == 0
     assert "mean IoU" in (out / "record_mAP.txt").read_text()
-    images = tiny_data / "VOCdevkit" / "VOC2012" / "JPEGImages"
-    masks = tmp_path / "masks"
-    run("predict.py", "--weights", out / "best.pth", "--image", images, "--output", masks, "--device", "cpu",
-        "--mode", "slide", "--window", "48", "--stride", "32", "--scales", "0.75", "1.0", "--flip")
+    images, masks = tiny_data / "VOCdevkit" / "VOC2012" / "JPEGImages", tmp_path / "masks"
+    assert predict.main(predict.parse_args([*weights, "--image", str(images), "--output", str(masks), "--mode",
+                                            "slide", "--window", "48", "--stride", "32", "--flip"])) == 0
     assert len(list(masks.glob("*.png"))) == 3
-    result = run("tools/export.py", "--weights", out / "best.pth", "--output-dir", tmp_path / "export",
-                 "--size", "64", "--format", "torchscript")
-    assert "torchscript: max abs diff" in result.stdout and " ok" in result.stdout
+    capsys.readouterr()
+    assert export_tool.main(export_tool.parse_args([*weights[:2], "--output-dir", str(tmp_path / "export"),
+                                                    "--size", "64", "--format", "torchscript"])) == 0
+    printed = capsys.readouterr().out
+    assert "torchscript: max abs diff" in printed and " ok" in printed
