@@ -162,6 +162,8 @@ def check_recipe(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     spec = get_spec(args.model)
+    if args.aux and spec.aux_site is None:
+        raise UsageError(f"--aux: {args.model} has no auxiliary head; drop --aux (or pass --no-aux over a config)")
     if args.freeze_backbone and spec.backbone is None:
         raise UsageError(f"--freeze-backbone {args.freeze_backbone}: {args.model} trains from scratch, it has no "
                          f"pretrained backbone to freeze; drop --freeze-backbone")
