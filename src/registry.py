@@ -108,7 +108,8 @@ def spec_of(model: nn.Module) -> ModelSpec:
         for spec in REGISTRY.values():
             if spec.model_type is cls:
                 return spec
-    raise ValueError(f"{type(model).__name__} is not a model of the registry ({', '.join(REGISTRY)})")
+    raise ValueError(f"{type(model).__name__} is not a model of the registry ({', '.join(REGISTRY)}); add it with "
+                     f"src.register (docs/extending.md), which also says its parameter groups and backbone")
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints
