@@ -200,3 +200,20 @@ def test_family_trains_resumes_validates_predicts_exports(family_run, tiny_data,
                                                     "--size", "64", "--format", "torchscript"])) == 0
     printed = capsys.readouterr().out
     assert "torchscript: max abs diff" in printed and " ok" in printed
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "unet", "--aux"], "unet has no auxiliary head"),
+    (["--model", "lraspp_mobilenet_v3_large", "--aux"], "lraspp_mobilenet_v3_large has no auxiliary head"),
+    (["--model", "unet", "--freeze-backbone", "2"], "unet trains from scratch"),
+    (["--model", "deeplabv3_mobilenet_v3_large", "-b", "1"], "global-pooling branch ends in BatchNorm"),
+    (["--model", "unet", "-b", "1", "--crop-size", "16"], "1/16-resolution features are 1x1"),
+])
+def test_what_an_entry_rules_out_is_refused_before_any_work(tiny_data, flags, message):
+    from train_utils.options import check_args
+
+    args = train.parse_args(["--data-path", str(tiny_data), "--base-size", "64", "--crop-size", "64", *flags])
+    with pytest.raises(UsageError, match=message):
+        check_args(args)
+    check_args(train.parse_args(["--data-path", str(tiny_data), "--base-size", "64", "--model", "unet", "-b", "1",
+                                 "--crop-size", "17"]))
