@@ -65,9 +65,9 @@ def test_entries_carry_what_the_code_needs():
     assert files["deeplabv3_mobilenet_v3_large"] == files["lraspp_mobilenet_v3_large"] == "mobilenet_v3_large-8738ca79.pth"
     assert files["pspnet_resnet101"] == files["deeplabv3_resnet101"] == "resnet101-63fe2227.pth"
     assert files["fcn8s"] == "vgg16-397923af.pth" and files["unet"] is None and files["unet_deconv"] is None
-    assert {n for n, s in REGISTRY.items() if s.aux_site} == {n for n in REGISTRY if n.split("_")[0] in
-                                                               ("fcn", "deeplabv3", "pspnet") and "resnet" in n
-                                                               or n == "deeplabv3_mobilenet_v3_large"}
+    assert {n for n, s in REGISTRY.items() if s.aux_site} == {
+        "fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
+        "pspnet_resnet50", "pspnet_resnet101"}  # torchvision's aux heads, and the FCN head of MMSEG's PSPNet
     help_text = get_args_parser("train").format_help()
     assert all(name in help_text for name in REGISTRY)
 
@@ -88,7 +88,7 @@ def test_parameter_rules():
     assert caffe[1]["lr"] == pytest.approx(0.2) and caffe[1]["weight_decay"] == 0.0
 
 
-def test_raw_torchvision_files_are_recognised(tmp_path):
+def test_raw_torchvision_files_are_recognised(tmp_path, capsys):
     for name, aux in (("lraspp_mobilenet_v3_large", {}), ("deeplabv3_mobilenet_v3_large", {"aux_loss": True})):
         reference = TV_BUILDERS[name](weights=None, weights_backbone=None, num_classes=4, **aux)
         path = tmp_path / f"{name}.pth"
@@ -97,6 +97,11 @@ def test_raw_torchvision_files_are_recognised(tmp_path):
         assert (loaded.name, loaded.num_classes) == (name, 4)
         assert (getattr(loaded.model, "aux_classifier", None) is not None) == bool(aux)
         assert num_classes_of(loaded.model) == num_classes_of(reference) == 4
+    from tools import inspect_checkpoint
+
+    capsys.readouterr()
+    inspect_checkpoint.main(inspect_checkpoint.parse_args([str(path)]))
+    assert "layout: deeplabv3_mobilenet_v3_large, 4 classes, auxiliary head" in capsys.readouterr().out
 
 
 def test_benchmark_refuses_a_model_without_a_torchvision_counterpart():
