@@ -2,7 +2,7 @@
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -11,20 +11,10 @@ from core.checkpoint import load_checkpoint
 from core.cli import positive_int
 from core.palette import Palette
 
-from .fcn_model import FCN, fcn_resnet50, fcn_resnet101
-from .vgg_fcn import fcn8s, fcn8s_atonce, fcn16s, fcn32s
-from .weights import VGG16_CONVS
+from .registry import MODELS, REGISTRY, get_spec, spec_of
 
-MODELS: Dict[str, Callable[..., nn.Module]] = {
-    "fcn_resnet50": fcn_resnet50,
-    "fcn_resnet101": fcn_resnet101,
-    "fcn32s": fcn32s,
-    "fcn16s": fcn16s,
-    "fcn8s": fcn8s,
-    "fcn8s_atonce": fcn8s_atonce,
-}
-# Only the ResNet models have an auxiliary head (on layer3).
-AUX_MODELS = ("fcn_resnet50", "fcn_resnet101")
+# Models built with an auxiliary head unless told otherwise (the ones that have one).
+AUX_MODELS = tuple(name for name, spec in REGISTRY.items() if spec.aux_default)
 
 
 def build_model(name: str, num_classes: int = 21, aux: Optional[bool] = None,
@@ -34,28 +24,34 @@ def build_model(name: str, num_classes: int = 21, aux: Optional[bool] = None,
     Args:
         name: one of MODELS.
         num_classes: output channels, background included.
-        aux: auxiliary head; None means the model's default (on for ResNet FCNs, off for VGG FCNs).
+        aux: auxiliary head; None means the model's default (its registry entry's aux_default).
         pretrained_backbone: None/"none", "auto" or a local file of torchvision ImageNet weights.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    spec = get_spec(name)
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if aux is None:
-        aux = name in AUX_MODELS
-    return MODELS[name](num_classes=num_classes, aux=aux, pretrained_backbone=pretrained_backbone)
+        aux = spec.aux_default
+    return spec.builder(num_classes=num_classes, aux=aux, pretrained_backbone=pretrained_backbone)
 
 
 def backbone_modules(model: nn.Module) -> List[nn.Module]:
-    """The layers that start from ImageNet weights (what --freeze-backbone holds fixed): a ResNet FCN's
-    `backbone`; a VGG FCN's conv1_1 ... conv5_3 plus fc6 and fc7, VGG16's fully connected layers as convolutions.
-    """
-    if isinstance(model, FCN):
-        return [model.backbone]
-    names = [name for name, _, _ in VGG16_CONVS] + ["fc6", "fc7"]
-    if all(hasattr(model, name) for name in names):
-        return [getattr(model, name) for name in names]
-    raise ValueError(f"{type(model).__name__} is not one of the FCNs in MODELS: its backbone is unknown")
+    """The layers that start from ImageNet weights (what --freeze-backbone holds fixed), from the model's
+    registry entry: a ResNet or MobileNetV3 model's `backbone`; a VGG FCN's conv1_1 ... conv5_3, fc6, fc7."""
+    spec = spec_of(model)
+    if spec.backbone is None:
+        raise ValueError(f"{type(model).__name__} trains from scratch: it has no pretrained backbone to freeze; "
+                         f"drop --freeze-backbone")
+    return spec.backbone(model)
+
+
+def model_help() -> str:
+    """One line per model: name, what it is, where its aux head sits."""
+    lines = []
+    for name, spec in REGISTRY.items():
+        aux = f"; aux head on {spec.aux_site}" + ("" if spec.aux_default else " (off by default)")
+        lines.append(f"{name}: {spec.summary}{aux if spec.aux_site else ''}")
+    return "; ".join(lines)
 
 
 def add_model_flags(parser: argparse.ArgumentParser, training: bool = False) -> None:
@@ -68,7 +64,8 @@ def add_model_flags(parser: argparse.ArgumentParser, training: bool = False) -> 
     """
     group = parser.add_argument_group("model")
     if training:
-        group.add_argument("--model", default="fcn_resnet50", choices=tuple(MODELS), help="architecture")
+        group.add_argument("--model", default="fcn_resnet50", choices=tuple(MODELS),
+                           help="architecture. " + model_help())
         group.add_argument("--num-classes", type=positive_int, default=None,
                            help="number of classes, background included (default: the dataset's class list)")
         group.add_argument("--weights", default=None, metavar="PATH",
@@ -84,20 +81,11 @@ def add_model_flags(parser: argparse.ArgumentParser, training: bool = False) -> 
 
 def guess_architecture(state: Dict[str, torch.Tensor]) -> List[str]:
     """Model names whose layout matches a raw state dict (FCN-8s and its at-once variant look alike)."""
-    if "backbone.conv1.weight" in state:
-        blocks = {k.split(".")[2] for k in state if k.startswith("backbone.layer3.")}
-        return ["fcn_resnet101"] if len(blocks) == 23 else ["fcn_resnet50"] if len(blocks) == 6 else []
-    if "upscore.weight" in state:
-        return ["fcn32s"]
-    if "upscore16.weight" in state:
-        return ["fcn16s"]
-    if "upscore8.weight" in state:
-        return ["fcn8s", "fcn8s_atonce"]
-    return []
+    return [name for name, spec in REGISTRY.items() if spec.fingerprint(state)]
 
 
-def _num_classes(state: Dict[str, torch.Tensor]) -> Optional[int]:
-    for key in ("classifier.4.weight", "score_fr.weight"):
+def _num_classes(state: Dict[str, torch.Tensor], names: List[str]) -> Optional[int]:
+    for key in dict.fromkeys(get_spec(name).classes_key for name in names):
         if key in state:
             return state[key].shape[0]
     return None
@@ -132,7 +120,7 @@ def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
     name = name or saved_name or (guesses[0] if guesses else None)
     if name is None:
         raise ValueError(f"{path}: cannot tell which model these weights belong to; pass --model")
-    found_classes = _num_classes(state)
+    found_classes = _num_classes(state, [name])
     if num_classes is not None and found_classes is not None and num_classes != found_classes:
         raise ValueError(f"{path}: has {found_classes} classes, not --num-classes {num_classes}; drop "
                          f"--num-classes or fix it")
@@ -140,7 +128,7 @@ def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
     if num_classes is None:
         raise ValueError(f"{path}: cannot tell the number of classes (no classifier weights); pass --num-classes")
     aux = any(k.startswith("aux_classifier.") for k in state)
-    model = build_model(name, num_classes, aux=aux if name in AUX_MODELS else False)
+    model = build_model(name, num_classes, aux=aux and get_spec(name).aux_site is not None)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -17,7 +17,10 @@ BACKBONE_FILES = {
     "resnet50": "resnet50-0676ba61.pth",
     "resnet101": "resnet101-63fe2227.pth",
     "vgg16": "vgg16-397923af.pth",
+    "mobilenet_v3_large": "mobilenet_v3_large-8738ca79.pth",
 }
+# The ImageNet classifier of each trunk: in the file, not in a segmentation backbone.
+_CLASSIFIER_PREFIX = {"resnet50": "fc.", "resnet101": "fc.", "mobilenet_v3_large": "classifier."}
 # (name, in, out) for the 13 VGG16 convolutions; a max-pool follows the last conv of each block.
 VGG16_CONVS: List[tuple] = [
     ("conv1_1", 3, 64), ("conv1_2", 64, 64),
@@ -92,10 +95,11 @@ def load_model_weights(model: nn.Module, path: Union[str, Path], strict: bool = 
 
 def _fetch_torchvision_backbone(arch: str) -> Dict[str, torch.Tensor]:
     """torchvision's ImageNet weights for `arch` from its cache, downloading them if the cache is empty."""
-    from torchvision.models import ResNet50_Weights, ResNet101_Weights, VGG16_Weights
+    from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, ResNet101_Weights, VGG16_Weights
 
     weights = {"resnet50": ResNet50_Weights.IMAGENET1K_V1, "resnet101": ResNet101_Weights.IMAGENET1K_V1,
-               "vgg16": VGG16_Weights.IMAGENET1K_V1}[arch]
+               "vgg16": VGG16_Weights.IMAGENET1K_V1,
+               "mobilenet_v3_large": MobileNet_V3_Large_Weights.IMAGENET1K_V1}[arch]
     try:
         return weights.get_state_dict(progress=True)
     except Exception as e:  # URLError, socket errors, SSL errors, HTTP errors: all mean "no download"
@@ -120,11 +124,11 @@ def vgg16_to_fcn(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def load_backbone_weights(model: nn.Module, arch: str, source: Optional[str]) -> None:
-    """Fills a ResNet trunk or a VGG16 FCN with ImageNet weights from `source`.
+    """Fills a ResNet or MobileNetV3 trunk, or a VGG16 FCN, with ImageNet weights from `source`.
 
     Args:
-        model: a torchvision ResNet (before wrapping) or one of the VGG16 FCN classes.
-        arch: "resnet50", "resnet101" or "vgg16".
+        model: a torchvision ResNet or MobileNetV3 (before wrapping) or one of the VGG16 FCN classes.
+        arch: a key of BACKBONE_FILES.
         source: None or "none" (keep random init), "auto" (torchvision's cache/download), or a file path.
     Raises:
         ValueError / FileNotFoundError when weights were asked for and cannot be had: never falls back to
@@ -144,9 +148,10 @@ def load_backbone_weights(model: nn.Module, arch: str, source: Optional[str]) ->
             missing, unexpected = model.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith(("score", "upscore"))]
         else:
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            head = _CLASSIFIER_PREFIX[arch]
+            state = {k: v for k, v in state.items() if not k.startswith(head)}
             missing, unexpected = model.load_state_dict(state, strict=False)
-            missing = [k for k in missing if not k.startswith("fc.")]
+            missing = [k for k in missing if not k.startswith(head)]
     except (KeyError, RuntimeError) as e:
         msg = str(e).strip().splitlines()[0]
         raise ValueError(f"{where}: not torchvision {arch} ImageNet weights ({msg}); "

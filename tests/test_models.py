@@ -35,7 +35,9 @@ def resnet50_aux():
 
 
 def test_builder_table_and_exports():
-    assert set(MODELS) == {"fcn_resnet50", "fcn_resnet101", *VGG_MODELS}
+    assert set(MODELS) == {"fcn_resnet50", "fcn_resnet101", *VGG_MODELS, "deeplabv3_resnet50", "deeplabv3_resnet101",
+                           "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "unet", "unet_deconv",
+                           "pspnet_resnet50", "pspnet_resnet101"}
     assert MODELS["fcn8s"] is fcn8s and MODELS["fcn_resnet101"] is fcn_resnet101
     with pytest.raises(ValueError, match="unknown model"):
         build_model("deeplabv3")
@@ -355,7 +357,8 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
 
 def test_aux_models_constant():
-    assert AUX_MODELS == ("fcn_resnet50", "fcn_resnet101")
+    assert AUX_MODELS == ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101",
+                          "deeplabv3_mobilenet_v3_large", "pspnet_resnet50", "pspnet_resnet101")
 
 
 def test_fold_batchnorm_keeps_the_function():
@@ -379,3 +382,155 @@ def test_fold_batchnorm_keeps_the_function():
     assert list(got) == ["out"]
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
     torch.testing.assert_close(got["out"], expected, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ DeepLabV3, LR-ASPP, U-Net, PSPNet
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: two spinning OpenMP threads on a shared 2-core machine make small models several
+    times slower (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _random_bn_statistics(*models: torch.nn.Module) -> None:
+    """The same non-trivial running statistics in every model, so that eval-mode BN is exercised."""
+    bns = [[m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] for model in models]
+    for group in zip(*bns):
+        mean, var = torch.rand_like(group[0].running_mean) * 0.2 - 0.1, torch.rand_like(group[0].running_var) + 0.5
+        for bn in group:
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+
+
+TV_PARITY = [("deeplabv3_resnet50", True), ("deeplabv3_resnet50", False),
+             ("deeplabv3_mobilenet_v3_large", True), ("deeplabv3_mobilenet_v3_large", False),
+             ("lraspp_mobilenet_v3_large", False)]
+
+
+@pytest.mark.parametrize("name,aux", TV_PARITY)
+@pytest.mark.usefixtures("one_thread")
+def test_torchvision_parity_of_the_new_models(name, aux):
+    """torchvision's state dict loads strictly, and the outputs are torchvision's (fp32, CPU)."""
+    torch.manual_seed(2)
+    theirs = getattr(torchvision.models.segmentation, name)
+    reference = theirs(weights=None, weights_backbone=None, num_classes=21, **({"aux_loss": True} if aux else {}))
+    model = build_model(name, num_classes=21, aux=aux)
+    ref_sd = reference.state_dict()
+    assert list(model.state_dict()) == list(ref_sd)
+    model.load_state_dict(ref_sd, strict=True)
+    model.eval(), reference.eval()
+    _random_bn_statistics(model, reference)
+    x = torch.randn(1, 3, 49, 35)
+    with torch.no_grad():
+        got, want = model(x), reference(x)
+    assert list(got) == list(want) == (["out", "aux"] if aux else ["out"])
+    for key in want:
+        assert got[key].shape == (1, 21, 49, 35)
+        assert (got[key] - want[key]).abs().max() <= 1e-5
+
+
+def test_deeplabv3_resnet101_state_dict_is_torchvisions():
+    with torch.device("meta"):
+        reference = torchvision.models.segmentation.deeplabv3_resnet101(weights=None, weights_backbone=None,
+                                                                       aux_loss=True)
+        model = build_model("deeplabv3_resnet101")
+    ref_sd, our_sd = reference.state_dict(), model.state_dict()
+    assert list(our_sd) == list(ref_sd) and all(our_sd[k].shape == ref_sd[k].shape for k in ref_sd)
+    assert sum(p.numel() for p in model.parameters()) == 60_996_202  # torchvision's weights metadata
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_aspp_rates_and_lraspp_features():
+    model = build_model("deeplabv3_resnet50", num_classes=3)
+    assert [m[0].dilation for m in model.classifier[0].convs[1:4]] == [(12, 12), (24, 24), (36, 36)]
+    lraspp = build_model("lraspp_mobilenet_v3_large", num_classes=3).eval()
+    with torch.no_grad():
+        features = lraspp.backbone(torch.randn(1, 3, 64, 96))
+    assert features["low"].shape == (1, 40, 8, 12) and features["high"].shape == (1, 960, 4, 6)
+    with pytest.raises(ValueError, match="no auxiliary head"):
+        build_model("lraspp_mobilenet_v3_large", aux=True)
+
+
+def test_pspnet_head_is_mmsegmentations():
+    model = build_model("pspnet_resnet101", num_classes=4)
+    head = model.classifier
+    assert [branch[0].output_size for branch in head.psp_modules] == [1, 2, 3, 6]
+    assert all(branch[1].out_channels == 512 for branch in head.psp_modules)
+    assert head.bottleneck[0].in_channels == 2048 + 4 * 512 and head.bottleneck[0].kernel_size == (3, 3)
+    assert model.aux_classifier[0].in_channels == 1024  # the FCN head on layer3
+
+
+@pytest.mark.parametrize("length", [1, 5, 7, 8, 13, 60])
+@pytest.mark.parametrize("scale", [1, 2, 3, 6])
+def test_pspnet_pooling_is_adaptive_average_pooling(scale, length):
+    from src.pspnet import AdaptiveAvgPool
+
+    x = torch.randn(2, 3, length, 11)
+    torch.testing.assert_close(AdaptiveAvgPool(scale)(x), F.adaptive_avg_pool2d(x, scale), rtol=0, atol=1e-6)
+
+
+def _one_training_step(model: torch.nn.Module, size: tuple) -> None:
+    """One SGD step on a batch of 2: a finite loss, a gradient for every parameter, every parameter moved."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    target = torch.randint(0, 3, (2, *size))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = sum(F.cross_entropy(v, target) for v in model.train()(torch.randn(2, 3, *size)).values())
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters())
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("bilinear", [True, False])
+@pytest.mark.usefixtures("one_thread")
+def test_unet_odd_sizes_and_a_training_step(bilinear):
+    from src.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(3, base_channels=8, bilinear=bilinear)  # the architecture of `unet`, narrower: fast
+    for height, width in [(37, 53), (5, 7), (16, 33), (1, 1)]:
+        out = model(torch.randn(2, 3, height, width))
+        assert list(out) == ["out"] and out["out"].shape == (2, 3, height, width)
+    _one_training_step(model, (29, 19))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_pspnet_odd_sizes_and_a_training_step():
+    torch.manual_seed(0)
+    model = build_model("pspnet_resnet50", num_classes=3)
+    with torch.no_grad():
+        for height, width in [(37, 53), (17, 9)]:
+            out = model.eval()(torch.randn(1, 3, height, width))
+            assert list(out) == ["out", "aux"] and all(v.shape == (1, 3, height, width) for v in out.values())
+    _one_training_step(model, (25, 33))
+
+
+def test_unet_upsampling_choice():
+    bilinear, deconv = build_model("unet", num_classes=2), build_model("unet_deconv", num_classes=2)
+    assert isinstance(bilinear.up1.up, torch.nn.Upsample) and isinstance(deconv.up1.up, torch.nn.ConvTranspose2d)
+    assert bilinear.in_conv[0].out_channels == deconv.in_conv[0].out_channels == 64
+    assert deconv.down4[1][0].out_channels == 1024 and bilinear.down4[1][0].out_channels == 512
+    with pytest.raises(ValueError, match="trains from scratch"):
+        build_model("unet", pretrained_backbone="resnet50-0676ba61.pth")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_mobilenet_backbone_from_local_file(tmp_path):
+    reference = torchvision.models.mobilenet_v3_large(weights=None)
+    path = tmp_path / "mobilenet_v3_large-8738ca79.pth"
+    torch.save(reference.state_dict(), path)
+    for name in ("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"):
+        model = build_model(name, pretrained_backbone=str(path))
+        ours = model.backbone.state_dict()
+        for key, value in reference.features.state_dict().items():
+            assert torch.equal(ours[key], value), key
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(ValueError, match="not torchvision mobilenet_v3_large"):
+        build_model("lraspp_mobilenet_v3_large", pretrained_backbone=str(tmp_path / "resnet18.pth"))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        build_model("deeplabv3_mobilenet_v3_large", pretrained_backbone=str(tmp_path / "missing.pth"))

@@ -118,7 +118,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, flag) and mode == "data":
             raise UsageError(f"--{flag} does not apply to --mode data (only to train, eval, infer, predict); drop it")
     if args.model is not None and args.model not in TV_BUILDERS:
-        raise UsageError(f"--model {args.model}: the benchmark compares {' and '.join(TV_BUILDERS)} with "
+        raise UsageError(f"--model {args.model}: the benchmark compares {', '.join(TV_BUILDERS)} with "
                          f"torchvision's models of the same name; choose one of them")
     args.size = args.size or DEFAULT_SIZE.get(mode)
     args.base_size = args.base_size or 520

@@ -4,28 +4,14 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
+from src import spec_of
+
 
 def get_params_groups(model: nn.Module, lr: float, weight_decay: float) -> List[Dict]:
-    """Parameter groups as in the reference recipes; frozen parameters are left out.
-
-    ResNet FCNs: backbone and classifier at `lr`, the aux head at 10x `lr` (it starts from scratch on top of
-    a pretrained layer3 and would otherwise barely move). VGG FCNs (Caffe recipe): weights at `lr`, biases
-    at 2x `lr` without weight decay.
-    """
-    if hasattr(model, "backbone") and hasattr(model, "classifier"):
-        groups = [
-            {"params": [p for p in model.backbone.parameters() if p.requires_grad]},
-            {"params": [p for p in model.classifier.parameters() if p.requires_grad]},
-        ]
-        if getattr(model, "aux_classifier", None) is not None:
-            groups.append({"params": [p for p in model.aux_classifier.parameters() if p.requires_grad],
-                           "lr": lr * 10})
-    else:
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for n, p in named if not n.endswith("bias")]},
-            {"params": [p for n, p in named if n.endswith("bias")], "lr": lr * 2, "weight_decay": 0.0},
-        ]
+    """Parameter groups by the rule of the model's registry entry (src/param_groups.py: torchvision's
+    backbone / classifier / 10x aux head, the Caffe FCNs' 2x biases without decay, or one plain group);
+    frozen parameters are left out."""
+    groups = spec_of(model).param_rule(model, lr, weight_decay)
     for g in groups:
         g.setdefault("lr", lr)
         g.setdefault("weight_decay", weight_decay)

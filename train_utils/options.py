@@ -16,7 +16,7 @@ from core.cli import (
 from core.rendezvous import add_rendezvous_flag
 from core.runtime import Runtime, add_runtime_flags
 from data_utils import DATASETS, add_max_image_pixels_flag
-from src import AUX_MODELS, add_model_flags
+from src import add_model_flags, get_spec
 from transforms import Augmentation
 
 from .loss import LOSSES, LossConfig
@@ -56,7 +56,8 @@ def get_args_parser(description: str, multi_gpu: bool = False) -> argparse.Argum
     add_rendezvous_flag(parser)
     p = parser.add_argument
     p("--aux", action=argparse.BooleanOptionalAction, default=None,
-      help="auxiliary head on layer3 (default: on for the ResNet FCNs; the VGG FCNs have none)")
+      help="auxiliary head (default: on for the models that have one: the ResNet FCNs, DeepLabV3 and PSPNet on "
+           "layer3, DeepLabV3-MobileNetV3 on its C2 stage; the VGG FCNs, LR-ASPP and U-Net have none)")
     p("--aux-weight", type=non_negative_float, default=0.5, help="weight of the auxiliary loss")
     p("--class-weights", default="none", choices=("none", "inverse", "median"),
       help="per-class loss weights computed from the training set's label histogram")
@@ -163,11 +164,17 @@ def check_recipe(args: argparse.Namespace) -> None:
         augmentation(args).check()
     except ValueError as e:
         raise UsageError(str(e)) from None
-    # At output stride 8 a crop of 8 pixels or less is a 1x1 feature map: with one image per batch,
-    # BatchNorm would see a single value per channel and cannot normalise it.
-    if args.batch_size == 1 and args.crop_size <= 8 and args.model in AUX_MODELS:
-        raise UsageError(f"-b 1 with --crop-size {args.crop_size}: {args.model}'s 1/8-resolution features are "
-                         f"1x1, so BatchNorm sees one value per channel; use --crop-size 9 or more, or -b 2")
+    spec = get_spec(args.model)
+    if args.aux and spec.aux_site is None:
+        raise UsageError(f"--aux: {args.model} has no auxiliary head; drop --aux (or pass --no-aux over a config)")
+    if args.freeze_backbone and spec.backbone is None:
+        raise UsageError(f"--freeze-backbone {args.freeze_backbone}: {args.model} trains from scratch, it has no "
+                         f"pretrained backbone to freeze; drop --freeze-backbone")
+    # With one image per batch, BatchNorm on a 1x1 map (a small crop at the model's output stride, or a
+    # global-pooling branch) sees a single value per channel and cannot normalise it.
+    problem = spec.batch_of_one_problem(args.crop_size) if args.batch_size == 1 else None
+    if problem:
+        raise UsageError(f"-b 1 with --crop-size {args.crop_size} cannot train {args.model}: {problem}; or use -b 2")
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models import segmentation as tv_segmentation
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF1
 from torchvision.transforms.v2 import functional as TF
@@ -23,8 +22,10 @@ from core.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from core.runtime import Runtime
 from data_utils import read_image
 from inference.folder import Prediction, predict_images
+from src import REGISTRY
 
-TV_BUILDERS = {"fcn_resnet50": tv_segmentation.fcn_resnet50, "fcn_resnet101": tv_segmentation.fcn_resnet101}
+# torchvision's builder of each model that has one (the registry's `torchvision` field).
+TV_BUILDERS = {name: spec.torchvision for name, spec in REGISTRY.items() if spec.torchvision is not None}
 LR = 0.02  # the reference recipe's; the value does not change the speed
 
 
@@ -33,7 +34,12 @@ def has_aux(model: nn.Module) -> bool:
 
 
 def num_classes_of(model: nn.Module) -> int:
-    return model.classifier[-1].out_channels
+    """Output channels of ours or torchvision's model: the registry's classifier key (both use the same keys)."""
+    state = model.state_dict()
+    for spec in REGISTRY.values():
+        if spec.classes_key in state:
+            return state[spec.classes_key].shape[0]
+    raise ValueError(f"{type(model).__name__}: no classifier weights of a registered model")
 
 
 def tv_normalize(images: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 from core.runtime import Runtime, synchronize
 from data_utils import build_dataset, read_image, read_mask
 from inference import predict_images, prepare_inference_model, size_batches
-from src import build_model, model_from_checkpoint
+from src import build_model, get_spec, model_from_checkpoint
 from transforms import SegmentationPresetTrain
 
 from . import protocols
@@ -52,7 +52,7 @@ def make_models(args: argparse.Namespace) -> Tuple[nn.Module, nn.Module, str]:
         loaded = model_from_checkpoint(args.weights, args.model, args.num_classes)
         if loaded.name not in TV_BUILDERS:
             raise ValueError(f"{args.weights}: holds {loaded.name} weights; the benchmark compares "
-                             f"{' and '.join(TV_BUILDERS)} with torchvision's, pass a checkpoint of one of them")
+                             f"{', '.join(TV_BUILDERS)} with torchvision's, pass a checkpoint of one of them")
         ours, args.model = loaded.model, loaded.name
         baseline = TV_BUILDERS[args.model](weights=None, weights_backbone=None, aux_loss=has_aux(ours),
                                            num_classes=num_classes_of(ours))
@@ -61,8 +61,9 @@ def make_models(args: argparse.Namespace) -> Tuple[nn.Module, nn.Module, str]:
     args.model = args.model or "fcn_resnet50"
     torch.manual_seed(args.seed)
     num_classes = args.num_classes or 21
-    baseline = TV_BUILDERS[args.model](weights=None, weights_backbone=None, aux_loss=True, num_classes=num_classes)
-    ours = build_model(args.model, num_classes, aux=True)
+    aux = get_spec(args.model).aux_site is not None  # the aux head when the model has one
+    baseline = TV_BUILDERS[args.model](weights=None, weights_backbone=None, aux_loss=aux, num_classes=num_classes)
+    ours = build_model(args.model, num_classes, aux=aux)
     ours.load_state_dict(baseline.state_dict())
     return baseline, ours, f"random: torchvision's init after torch.manual_seed({args.seed}), copied into ours"
 

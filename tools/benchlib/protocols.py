@@ -3,6 +3,7 @@ import argparse
 from typing import Dict
 
 from core.runtime import Runtime
+from src import get_spec
 
 from .baselines import TVEval, TVInfer, TVPresetTrain, TVTrain
 from .ours import OurEval, OurInfer, OurTrain, our_folder, training_loader
@@ -47,7 +48,8 @@ def train(args: argparse.Namespace, runtime: Runtime, weights: str) -> Dict[str,
         "inputs": "one fixed random batch (smooth random images; blocky random masks with ~5% ignore=255 pixels), "
                   "the same pixels for both, sent from host memory every step (pinned on CUDA)",
         "baseline": f"torchvision.models.segmentation.{args.model}(weights=None, weights_backbone=None, "
-                    f"aux_loss=True, num_classes=N), fp32, contiguous; " + squash(TVTrain.__doc__),
+                    f"aux_loss={get_spec(args.model).aux_site is not None}, num_classes=N), fp32, contiguous; "
+                    + squash(TVTrain.__doc__),
         "ours": f"build_model, then {squash(OurTrain.__doc__)} {ours_runtime(runtime)}",
         **common(args, runtime, weights, "per image: 3 x forward with the aux head (backward = 2 x forward; "
                                          "loss and optimizer not counted)"),
