@@ -11,13 +11,12 @@ Items are (tv_tensors.Image uint8 (3, H, W), tv_tensors.Mask uint8 (H, W)). Noth
 into floats here: uint8 moves 4x fewer bytes through the loader, and normalisation happens on the device.
 """
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
 from core.cli import USER_ERRORS, ArgumentParser, non_negative_float, non_negative_int, one_line, seed
 from core.palette import VOC_CLASSES_FILE, VOC_PALETTE, ClassNames, PathLike, load_class_names, resolve_class_names
-from core.platform import check_writable
+from core.platform import check_writable, usable_cpu_count
 from data_utils import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -116,7 +115,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        help="dataset layout (default: voc): " +
                             "; ".join(f"{name}: {spec.description}" for name, spec in DATASETS.items()))
     check.add_argument("--split", default="train", help="split to scan (default: train)")
-    check.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
+    check.add_argument("--workers", type=non_negative_int, default=min(4, usable_cpu_count()),
                        help="loader processes decoding files (default: min(4, CPU count))")
     check.add_argument("--save-counts", default=None,
                        help="also write the per-class pixel counts to this JSON file (for class-weighted losses)")
