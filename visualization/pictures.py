@@ -202,7 +202,7 @@ def overlay(photo: np.ndarray, mask: np.ndarray, class_names: Optional[Sequence[
     k = panel_scale(*mask.shape)  # a photo smaller than MIN_PANEL px is enlarged (nearest) to be readable
     photo, mask = (photo.repeat(k, 0).repeat(k, 1), mask.repeat(k, 0).repeat(k, 1)) if k > 1 else (photo, mask)
     colours = palette_array(palette)
-    values, counts = np.unique(mask, return_counts=True)
+    values = np.unique(mask)
     image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1)
     labels = torch.from_numpy(np.ascontiguousarray(mask))
     background = class_names is None or class_name(class_names, 0).lower() in ("background", "_background_")
@@ -217,9 +217,20 @@ def overlay(photo: np.ndarray, mask: np.ndarray, class_names: Optional[Sequence[
     picture = blended.permute(1, 2, 0).numpy()
     if contours and drawn:
         picture = _with_contours(picture, photo, mask, drawn)
-    share = dict(zip(values.tolist(), (counts / mask.size).tolist()))
-    listed = [c for c in drawn if share[c] >= LEGEND_MIN_SHARE]
+    listed = legend_classes(mask, drawn)
     return _with_legend(Image.fromarray(picture), listed, len(drawn) - len(listed), class_names, colours)
+
+
+def legend_classes(mask: np.ndarray, drawn: Sequence[int]) -> List[int]:
+    """The drawn classes an overlay's legend lists: those covering at least LEGEND_MIN_SHARE of `mask`."""
+    values, counts = np.unique(mask, return_counts=True)
+    share = dict(zip(values.tolist(), (counts / mask.size).tolist()))
+    return [c for c in drawn if share.get(c, 0.0) >= LEGEND_MIN_SHARE]
+
+
+def legend_font_size(width: int, height: int) -> int:
+    """An overlay legend's text size in px: FONT_PX on small pictures, 1/28 of the shorter side on large ones."""
+    return max(FONT_PX, round(min(width, height) / 28))
 
 
 def contour_width(height: int, width: int) -> int:
@@ -259,7 +270,7 @@ def _with_legend(picture: Image.Image, listed: List[int], hidden: int, class_nam
                  colours: np.ndarray) -> Image.Image:
     """The picture with a legend on its right, its text scaled with the picture (readable on a 64-px
     prediction and on a 4000-px photo alike)."""
-    size = max(FONT_PX, round(min(picture.size) / 28))
+    size = legend_font_size(*picture.size)
     face, row, pad = font(size), round(size * 1.5), max(4, size // 3)
     lines = [class_name(class_names, c) for c in listed] or ["no class but the background"]
     note = f"{hidden} more below {LEGEND_MIN_SHARE:.1%} of the pixels" if hidden else \
