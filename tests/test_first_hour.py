@@ -100,7 +100,7 @@ def test_curves_number_epochs_as_the_log_and_say_what_each_loss_is(tmp_path):
     best = lines(metric_ax)["best: mIoU 70.0 at epoch 3"]
     assert list(best.get_xdata()) == [3]
     assert list(lines(metric_ax)["mIoU"].get_xdata()) == [1, 3]
-    assert "numbered from 0" in loss_ax.get_xlabel()
+    assert "from 0, as in train.log" in loss_ax.get_xlabel()
 
 
 def test_several_runs_get_short_labels_legends_outside_and_palette_colours(tmp_path):

@@ -45,7 +45,7 @@ def figure_array(fig: Any) -> np.ndarray:
 # Epochs are numbered from 0 everywhere (train.log, metrics.jsonl, results.txt, vis/epoch_E.png, best.pth):
 # a per-epoch value sits at x = its epoch, and the print intervals of epoch E run from E - 1 to E, so each
 # epoch's last interval ends on its epoch's point.
-EPOCH_AXIS = "epoch (numbered from 0 as in train.log; a point is the end of its epoch)"
+EPOCH_AXIS = "epoch (from 0, as in train.log; a point = the epoch's end)"
 
 
 def _epoch_x(records: List[Dict[str, Any]]) -> List[int]:
@@ -95,8 +95,8 @@ def curves_figure(runs: Sequence[RunHistory], labels: Optional[Sequence[str]] = 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.0f}" if x >= 0 else ""))
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1 if several else 2,
-                      frameon=False)
+            ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                      ncol=1 if several or ax is loss_ax else 2, frameon=False)
     if _positive(loss_ax):
         loss_ax.set_yscale("log")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
