@@ -11,20 +11,22 @@ Items are (tv_tensors.Image uint8 (3, H, W), tv_tensors.Mask uint8 (H, W)). Noth
 into floats here: uint8 moves 4x fewer bytes through the loader, and normalisation happens on the device.
 """
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
 from core.cli import USER_ERRORS, ArgumentParser, non_negative_float, non_negative_int, one_line, seed
 from core.outputs import check_output
 from core.palette import VOC_CLASSES_FILE, VOC_PALETTE, ClassNames, PathLike, load_class_names, resolve_class_names
-from core.platform import check_writable
+from core.platform import check_writable, usable_cpu_count
 from data_utils import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
     COCO_VOC_CATEGORIES,
     DATASETS,
     DEMO_CLASSES,
+    DEMO_NUM_TRAIN,
+    DEMO_NUM_VAL,
+    DEMO_SIZE,
     IMAGE_EXTENSIONS,
     COCOSegmentation,
     DatasetSpec,
@@ -88,7 +90,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """The `demo` command: writes the synthetic dataset."""
     root = make_demo_dataset(args.out, args.num_train, args.num_val, args.size, args.seed, args.overwrite)
     print(f"demo dataset ({args.num_train} train, {args.num_val} val, {args.size}x{args.size}, classes: "
-          f"{', '.join(DEMO_CLASSES)}) written to {root}; use --dataset voc --data-path {root}")
+          f"{', '.join(DEMO_CLASSES)}) written to {root}; use --dataset demo --data-path {root}")
     return 0
 
 
@@ -97,6 +99,11 @@ def run_import_labelme(args: argparse.Namespace) -> int:
     counts = import_labelme(args.src_dir, args.out, args.classes, args.val_fraction, args.seed)
     print(f"{counts['train']} train and {counts['val']} val images with index masks written to {args.out}; "
           f"train with --dataset folder --data-path {args.out}")
+    if counts["val"] == 0:  # train.py validates on val/: say so now, not after the model is built
+        why = "--val-fraction 0" if args.val_fraction == 0 else "one file cannot be split"
+        print(f"note: no val split ({why}), and train.py needs {args.out}/val; label more images and import again "
+              f"with --val-fraction 0.2, or validate on the training images: cp -r {args.out}/train {args.out}/val",
+              file=sys.stderr)
     return 0
 
 
@@ -121,15 +128,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        help="dataset layout (default: voc): " +
                             "; ".join(f"{name}: {spec.description}" for name, spec in DATASETS.items()))
     check.add_argument("--split", default="train", help="split to scan (default: train)")
-    check.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
+    check.add_argument("--workers", type=non_negative_int, default=min(4, usable_cpu_count()),
                        help="loader processes decoding files (default: min(4, CPU count))")
     check.add_argument("--save-counts", default=None,
                        help="also write the per-class pixel counts to this JSON file (for class-weighted losses)")
     demo = commands.add_parser("demo", help="write the synthetic demo dataset (VOC layout, 5 classes)")
-    demo.add_argument("--out", required=True, help="output folder (becomes the --data-path of a voc dataset)")
-    demo.add_argument("--num-train", type=int, default=80, help="training images (default: 80)")
-    demo.add_argument("--num-val", type=int, default=20, help="validation images (default: 20)")
-    demo.add_argument("--size", type=int, default=96, help="image side in pixels (default: 96)")
+    demo.add_argument("--out", required=True, help="output folder (becomes the --data-path of --dataset demo)")
+    demo.add_argument("--num-train", type=int, default=DEMO_NUM_TRAIN,
+                      help=f"training images (default: {DEMO_NUM_TRAIN}, what make demo trains on)")
+    demo.add_argument("--num-val", type=int, default=DEMO_NUM_VAL, help=f"validation images (default: {DEMO_NUM_VAL})")
+    demo.add_argument("--size", type=int, default=DEMO_SIZE, help=f"image side in pixels (default: {DEMO_SIZE})")
     demo.add_argument("--seed", type=seed, default=0, help="random seed; same seed, same files (default: 0)")
     demo.add_argument("--overwrite", action="store_true",
                       help="write into a folder that already holds files (same-named files are replaced)")

@@ -18,13 +18,13 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from core.cli import parse_with_config, run_main
-from train_utils.options import get_args_parser
+from core.cli import run_main
+from train_utils.options import get_args_parser, parse_training_args
 from train_utils.trainer import run_training
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    return parse_with_config(get_args_parser(__doc__.splitlines()[0], multi_gpu=True), argv)
+    return parse_training_args(get_args_parser(__doc__.splitlines()[0], multi_gpu=True), argv)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -135,7 +135,8 @@ def main(args: argparse.Namespace) -> int:
                         pin_memory=runtime.pin_memory)
     # The pictures come from the last mode evaluated: the one predict.py runs with the same flags.
     pics = ValidationPictures(save_dir, [p[0].stem for p in dataset.pairs], sampler.batches, loaded.num_classes,
-                              loaded.palette or dataset.palette) if save_dir is not None or args.worst else None
+                              loaded.palette or dataset.palette, class_names, loaded.epoch) \
+        if save_dir is not None or args.worst else None
     tta = inferer_from_args(args)
     modes = [("single-scale", whole_image)] + ([(tta.name, tta)] if tta is not None else [])
     results = {label: run_evaluation(model, loader, runtime, loaded.num_classes, class_names, infer, desc=label,

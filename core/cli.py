@@ -192,6 +192,19 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[s
     return parser.parse_args(argv)
 
 
+class _Unset:
+    """Marks a flag the command line did not set (argparse leaves an attribute it finds in place)."""
+
+
+def given_on_command_line(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> set:
+    """The dests of the flags `argv` (default: sys.argv[1:]) sets itself, as opposed to the values a --config
+    file or the parser's defaults supply: a second parse into a namespace where every dest is unset."""
+    unset = _Unset()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parsed = parser.parse_args(argv, namespace=namespace)
+    return {dest for dest, value in vars(parsed).items() if value is not unset}
+
+
 def fail(error: BaseException, debug: bool = False, code: int = 2) -> None:
     """Prints `error: <message>` (one line; the full traceback with --debug) and exits with `code`."""
     if debug:

@@ -36,6 +36,16 @@ def _fcntl() -> Any:
 
 # ---------------------------------------------------------------------------------------------------- files
 
+def usable_cpu_count() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, cgroups' cpusets, SLURM), not the machine's
+    count, which is what a default number of worker processes has to fit."""
+    if hasattr(os, "process_cpu_count"):  # Python 3.13+: the affinity mask where the OS has one
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):  # Linux; macOS and Windows have no affinity call in os
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def fsync_dir(directory: PathLike) -> None:
     """Makes a rename in `directory` durable (POSIX). Windows cannot open a directory and needs no such step:
     NTFS journals the rename itself."""

@@ -20,7 +20,16 @@ from .coco import COCO_VOC_CATEGORIES, COCOSegmentation, coco_target, load_annot
 from .collate import collate_fn
 from .colors import convert_colors, load_colors
 from .datasets import Sample, SegmentationDataset, SegmentationFolder, Transforms, VOCSegmentation, own_class_file
-from .demo import DEMO_CLASSES, boundary_band, make_demo_dataset, make_demo_sample
+from .demo import (
+    DEMO_CLASSES,
+    DEMO_NUM_TRAIN,
+    DEMO_NUM_VAL,
+    DEMO_PALETTE,
+    DEMO_SIZE,
+    boundary_band,
+    make_demo_dataset,
+    make_demo_sample,
+)
 from .io import (
                  DECODERS,
                  DEFAULT_MAX_IMAGE_PIXELS,
@@ -70,7 +79,8 @@ __all__ = [
     "import_labelme",
     "collate_fn",
     "Sample", "SegmentationDataset", "SegmentationFolder", "Transforms", "VOCSegmentation", "own_class_file",
-    "DEMO_CLASSES", "boundary_band", "make_demo_dataset", "make_demo_sample",
+    "DEMO_CLASSES", "DEMO_NUM_TRAIN", "DEMO_NUM_VAL", "DEMO_PALETTE", "DEMO_SIZE",
+    "boundary_band", "make_demo_dataset", "make_demo_sample",
     "DECODERS", "IMAGE_EXTENSIONS", "check_label_map", "check_mask_values", "image_note", "image_size",
     "label_counts", "make_label_map",
     "read_image", "read_mask", "save_mask", "DEFAULT_MAX_IMAGE_PIXELS", "add_max_image_pixels_flag",

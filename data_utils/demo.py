@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.constants import IGNORE_INDEX
-from core.palette import PathLike
+from core.palette import Palette, PathLike, palette_from_colors
 
 from .io import save_mask
 
@@ -17,6 +17,10 @@ from .io import save_mask
 DEMO_CLASSES = ("background", "red_striped_disc", "blue_checkered_square", "green_speckled_triangle",
                 "yellow_hatched_diamond")
 _DEMO_COLOURS = np.array([[0, 0, 0], [205, 40, 40], [40, 70, 215], [35, 165, 55], [235, 205, 35]], np.float32)
+# Masks and predictions are drawn in the colours the class names say (VOC's would paint the blue square green).
+DEMO_PALETTE: Palette = palette_from_colors(_DEMO_COLOURS.astype(int).tolist())
+# The dataset `make demo` trains on; `python my_dataset.py demo` writes the same one by default.
+DEMO_NUM_TRAIN, DEMO_NUM_VAL, DEMO_SIZE = 120, 30, 64
 
 
 def _demo_texture(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -83,11 +87,11 @@ def make_demo_sample(size: int, rng: np.random.Generator) -> tuple[np.ndarray, n
     return np.clip(rgb, 0, 255).astype(np.uint8), label
 
 
-def make_demo_dataset(root: PathLike, num_train: int = 80, num_val: int = 20, size: int = 96,
-                      seed: int = 0, overwrite: bool = False) -> Path:
+def make_demo_dataset(root: PathLike, num_train: int = DEMO_NUM_TRAIN, num_val: int = DEMO_NUM_VAL,
+                      size: int = DEMO_SIZE, seed: int = 0, overwrite: bool = False) -> Path:
     """Writes a small synthetic VOC-layout dataset (same seed -> byte-identical files) and returns `root`.
 
-    Layout: root/classes.json and root/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass,
+    Layout (--dataset demo, or voc with VOC's colours): root/classes.json and root/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass,
     ImageSets/Segmentation/{train,val}.txt}; read it with VOCSegmentation(root, split=...).
 
     Args:
@@ -117,7 +121,7 @@ def make_demo_dataset(root: PathLike, num_train: int = 80, num_val: int = 20, si
             # One generator per image: each file depends only on (seed, split, index).
             rgb, label = make_demo_sample(size, np.random.default_rng([seed, split_index, i]))
             Image.fromarray(rgb).save(voc / "JPEGImages" / f"{sample_id}.jpg", quality=90)
-            save_mask(label, voc / "SegmentationClass" / f"{sample_id}.png")
+            save_mask(label, voc / "SegmentationClass" / f"{sample_id}.png", DEMO_PALETTE)
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
     classes = {name: index for index, name in enumerate(DEMO_CLASSES)}
     (root / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")

@@ -16,6 +16,7 @@ from .ade20k import ADE20K_CLASSES, ADE20K_LABEL_MAP, ADE20K_PALETTE, find_ade20
 from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_LABEL_MAP, CITYSCAPES_PALETTE, find_cityscapes_pairs
 from .coco import coco_dataset, find_coco_pairs
 from .datasets import SegmentationDataset, SegmentationFolder, Transforms, VOCSegmentation, own_class_file
+from .demo import DEMO_PALETTE
 from .io import check_label_map
 from .pairs import Pair, complete_pairs, folder_pairs, missing_files, voc_pairs
 
@@ -152,6 +153,9 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     # Trains on the SBD-augmented list and validates on VOC val as usual.
     DatasetSpec("voc-aug", "VOC 2012 with SBD's masks: train is trainaug (tools/prepare_sbd.py), val is VOC val",
                 ("train", "val"), find_voc_pairs, build_voc, split_names={"train": "trainaug"}),
+    DatasetSpec("demo", "the synthetic demo dataset (python my_dataset.py demo): the VOC layout, its 5 classes "
+                "drawn in the colours their names say", ("train", "val"), find_voc_pairs, build_voc,
+                palette=DEMO_PALETTE),
     DatasetSpec("folder", "SPLIT/images and SPLIT/masks in --data-path, paired by file stem",
                 ("train", "val"), find_folder_pairs, build_folder),
     DatasetSpec("coco", "COCO 2017 with the 21 VOC classes: train2017/, val2017/, annotations/ in --data-path "

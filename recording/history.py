@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+import yaml
 
 from core.palette import PathLike
 
-from .run_files import CHECKPOINTS, METRICS_FILE, STEPS_FILE
+from .run_files import CHECKPOINTS, CONFIG_FILE, METRICS_FILE, STEPS_FILE
 
 
 def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
@@ -37,6 +38,21 @@ class RunHistory:
     steps: List[Dict[str, Any]] = field(default_factory=list)
     epochs: List[Dict[str, Any]] = field(default_factory=list)
     class_names: Optional[List[str]] = None
+    palette: Optional[List[int]] = None  # the checkpoint's (None: the VOC colours)
+    args: Dict[str, Any] = field(default_factory=dict)  # config.yaml's resolved arguments, when there is one
+
+    def loss_labels(self) -> tuple:
+        """What the train and the validation loss are: the run's criterion with the aux term in training
+        (train_utils.loss.criterion), on the main head only in evaluation."""
+        loss = self.args.get("loss", "ce")
+        if self.args.get("loss") == "ce+dice" and self.args.get("dice_weight") is not None:
+            loss = f"ce + {self.args['dice_weight']:g} x dice"
+        aux = self.args.get("aux")
+        if aux is None:  # the model's default: only the ResNet FCNs have an aux head
+            aux = str(self.args.get("model", "fcn_resnet50")).startswith("fcn_resnet")
+        weight = self.args.get("aux_weight", 0.5)
+        train = f"{loss} + {weight:g} x aux head" if aux and weight else loss
+        return f"train loss ({train})", f"validation loss ({loss}, main head)"
 
     @property
     def evaluated(self) -> List[Dict[str, Any]]:
@@ -55,8 +71,34 @@ def load_history(run_dir: PathLike, class_names: Optional[List[str]] = None) -> 
     if not (run_dir / METRICS_FILE).is_file() and not (run_dir / STEPS_FILE).is_file():
         raise FileNotFoundError(f"{run_dir}: no {METRICS_FILE} or {STEPS_FILE}; pass the run directory of a "
                                 f"training run (its --output-dir)")
+    meta = checkpoint_meta(run_dir)
     return RunHistory(run_dir, read_jsonl(run_dir / STEPS_FILE), read_jsonl(run_dir / METRICS_FILE),
-                      class_names if class_names is not None else checkpoint_class_names(run_dir))
+                      class_names if class_names is not None else meta.get("class_names"), meta.get("palette"),
+                      run_args(run_dir))
+
+
+def run_args(run_dir: Path) -> Dict[str, Any]:
+    """config.yaml's resolved arguments ({} when it is missing or unreadable: only labels depend on it)."""
+    try:
+        args = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("args")
+    except (OSError, yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        return {}
+    return args if isinstance(args, dict) else {}
+
+
+def checkpoint_meta(run_dir: Path) -> Dict[str, Any]:
+    """class_names and palette stored in the run's last.pth or best.pth (memory-mapped: the weights are not
+    read); {} when neither file has them."""
+    for name in CHECKPOINTS:
+        try:
+            ckpt = torch.load(run_dir / name, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # a missing, foreign or damaged file only costs the names
+            continue
+        names, palette = ckpt.get("class_names"), ckpt.get("palette")
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            ok = isinstance(palette, list) and len(palette) == 768 and all(type(v) is int for v in palette)
+            return {"class_names": names, "palette": palette if ok else None}
+    return {}
 
 
 def checkpoint_class_names(run_dir: Path) -> Optional[List[str]]:

@@ -101,6 +101,7 @@ class CheckpointModel:
     class_names: Optional[List[str]]
     palette: Optional[Palette] = None
     dataset: Optional[str] = None
+    epoch: Optional[int] = None  # the training epoch whose weights these are (0-based, as train.log numbers them)
 
 
 def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
@@ -135,4 +136,4 @@ def model_from_checkpoint(path: Union[str, Path], name: Optional[str] = None,
         raise ValueError(f"{path}: does not fit {name} with {num_classes} classes "
                          f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
     names = ckpt.class_names if ckpt.class_names is not None and len(ckpt.class_names) == num_classes else None
-    return CheckpointModel(model, name, num_classes, names, ckpt.palette, ckpt.dataset)
+    return CheckpointModel(model, name, num_classes, names, ckpt.palette, ckpt.dataset, ckpt.epoch)

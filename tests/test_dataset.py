@@ -21,6 +21,7 @@ from data_utils import (
     SegmentationDataset,
     class_pixel_counts,
     find_voc_pairs,
+    make_demo_dataset,
     make_label_map,
 )
 from my_dataset import (
@@ -345,7 +346,8 @@ def folder_tree(root: Path) -> Path:
 
 # A data tree for each DATASETS entry: an entry added without one fails the test below.
 LAYOUTS = {"voc": build_voc_tree, "voc-aug": voc_aug_tree, "folder": folder_tree, "coco": coco_tree,
-           "cityscapes": cityscapes_tree, "ade20k": ade20k_tree}
+           "cityscapes": cityscapes_tree, "ade20k": ade20k_tree,
+           "demo": lambda root: make_demo_dataset(root, num_train=2, num_val=2, size=64)}
 
 
 def test_registry_is_the_single_source_of_datasets(tmp_path, capsys):

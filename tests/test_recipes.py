@@ -123,6 +123,15 @@ def test_resume_keeps_the_patience_counter(demo, tmp_path, scripted):
     assert [m["epoch"] for m in metrics(out)] == list(range(8))
 
 
+def test_a_stop_on_the_last_epoch_is_a_finished_run_that_more_epochs_continue(demo, tmp_path, scripted):
+    out, flags = tmp_path / "run", ["--early-stop", "2", "--early-stop-min-delta", "0.01"]
+    assert train_here(demo, out, "--epochs", "4", *flags) == 0  # the patience runs out at epoch 3, the last
+    assert "stopped" not in metrics(out)[-1] and "early stop after" not in (out / "train.log").read_text()
+    assert train_here(demo, out, "--epochs", "6", *flags, "--resume", "auto") == 0
+    assert [m["epoch"] for m in metrics(out)] == list(range(6))  # epoch 4 improved, 5 ran too
+    assert "nothing to do" not in (out / "train.log").read_text()
+
+
 # ------------------------------------------------------------------------------------ batches without labels
 
 def test_unlabelled_images_are_reported_by_check_and_add_zero_loss_in_training(demo, tmp_path, capsys):

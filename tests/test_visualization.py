@@ -18,7 +18,7 @@ from data_utils import read_image
 from recording.recorders import EpochRecord, IntervalLoss, StepRecord
 from src import model_from_checkpoint
 from train_utils.metrics import ConfusionMatrix
-from visualization.pictures import GAP, HEADER, IGNORED, WRONG, overlay
+from visualization.pictures import GAP, IGNORED, MIN_PANEL, TEXT_H, WRONG, overlay
 from visualization.plots import CURVES_SIZE
 from visualization.recorders import CurvesRecorder, TensorBoardRecorder
 
@@ -48,11 +48,17 @@ def image_tags(log_dir: Path) -> list:
     return acc.Tags()["images"]
 
 
-def panel(picture: np.ndarray, index: int, size: tuple, row: int = 0) -> np.ndarray:
-    """Panel `index` of row `row`: below a HEADER px title strip, cells of `size` GAP px apart."""
+def panel(picture: np.ndarray, index: int, size: tuple, row: int = 0, heading: bool = False) -> np.ndarray:
+    """Panel `index` of row `row` at its image's own size: below the heading (vis/ grids) and column title
+    strips, each row a caption strip then cells GAP px apart, every pixel a k x k block (k: the whole factor
+    that enlarges the cell to MIN_PANEL px)."""
     h, w = size
-    top, left = HEADER + row * (h + GAP), index * (w + GAP)
-    return picture[top:top + h, left:left + w]
+    k = max(1, -(-MIN_PANEL // max(h, w)))
+    top = TEXT_H * (2 if heading else 1) + row * (TEXT_H + k * h + GAP) + TEXT_H
+    left = index * (k * w + GAP)
+    block = picture[top:top + k * h, left:left + k * w]
+    assert np.array_equal(block[::k, ::k], block[k - 1::k, k - 1::k])  # whole blocks of one colour
+    return block[::k, ::k]
 
 
 def demo_val(demo: Path):
@@ -137,9 +143,9 @@ def test_run_directory_has_curves_vis_grids_val_loss_and_tensorboard(trained, de
         s, n = cross_entropy_terms(logits, target)
         total, pixels = total + s, pixels + n
         pred = logits.argmax(1)[0].numpy()
-        assert np.array_equal(panel(grid, 0, image.shape[:2], row), image)
-        assert np.array_equal(panel(grid, 1, image.shape[:2], row), PALETTE[target])
-        assert np.array_equal(panel(grid, 2, image.shape[:2], row), PALETTE[pred])
+        assert np.array_equal(panel(grid, 0, image.shape[:2], row, heading=True), image)
+        assert np.array_equal(panel(grid, 1, image.shape[:2], row, heading=True), PALETTE[target])
+        assert np.array_equal(panel(grid, 2, image.shape[:2], row, heading=True), PALETTE[pred])
     assert metrics[-1]["val_loss"] == pytest.approx(total / pixels, rel=1e-4)
     assert sorted(p.name for p in (trained / "vis").iterdir()) == ["epoch_0.png", "epoch_1.png"]
 
@@ -226,7 +232,7 @@ def test_overlay_blends_with_alpha_and_leaves_background(tmp_path):
     mask = np.zeros((20, 30), dtype=np.uint8)
     mask[:, 10:20], mask[:, 20:] = 1, 15
     for alpha in (0.0, 0.3, 1.0):
-        drawn = np.asarray(overlay(photo, mask, ["background", "one"], alpha))
+        drawn = np.asarray(overlay(photo, mask, ["background", "one"], alpha, contours=False))[::7, ::7]  # enlarged 7x: 30 px < MIN_PANEL
         assert drawn.shape[0] >= 20 and drawn.shape[1] > 30  # the legend is on the right
         body = drawn[:20, :30].astype(np.float64)
         expected = photo * (1 - alpha) + PALETTE[mask] * alpha
@@ -240,7 +246,7 @@ def test_overlay_colours_class_0_when_it_is_not_background():
     photo = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
     mask = np.zeros((12, 16), dtype=np.uint8)
     mask[:, 8:] = 1
-    body = np.asarray(overlay(photo, mask, ["road", "sidewalk"], 1.0))[:12, :16]
+    body = np.asarray(overlay(photo, mask, ["road", "sidewalk"], 1.0, contours=False))[:144:12, :192:12]  # enlarged 12x
     assert np.array_equal(body, PALETTE[mask])
 
 

@@ -71,12 +71,12 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.config}: the demo needs {', '.join(wrong)} in the config, as text; start from "
                          f"configs/demo.yaml")
     data, out = ROOT / config["data-path"], ROOT / config["output-dir"]
+    dataset = str(config.get("dataset", "voc"))
     start = time.perf_counter()
     if not (data / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").is_file():
-        print(f"=== demo data\n$ python my_dataset.py demo --out {config['data-path']} --size 64 "
-              f"--num-train 120 --num-val 30 --overwrite")
+        print(f"=== demo data\n$ python my_dataset.py demo --out {config['data-path']} --overwrite")
         # The demo's own folder: an interrupted earlier run may have left part of it.
-        make_demo_dataset(data, num_train=120, num_val=30, size=64, overwrite=True)
+        make_demo_dataset(data, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
     # The untrained model, for comparison: same architecture and seed as the training run starts from.
     torch.manual_seed(0)
@@ -84,9 +84,10 @@ def run_demo(args: argparse.Namespace) -> int:
     untrained = build_model(config["model"], len(names))
     save_checkpoint(Checkpoint(untrained.state_dict(), model_name=config["model"], num_classes=len(names),
                                class_names=names, aux=getattr(untrained, "aux_classifier", None) is not None,
-                               dataset="voc"),
+                               dataset=dataset),
                     out / "untrained.pth")
-    common = ["--data-path", str(data), "--device", args.device, "-j", "2"]
+    common = ["--data-path", str(data), "--dataset", dataset, "--device", args.device, "-j",
+              str(config.get("workers", 1))]
     step("untrained model", "validation.py", *common, "--weights", str(out / "untrained.pth"),
          "--json", str(out / "untrained.json"))
     step("training", "train.py", "--config", args.config, "--device", args.device, "--overwrite")

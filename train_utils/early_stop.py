@@ -21,6 +21,9 @@ class EarlyStopping:
     best: float = -math.inf
     best_epoch: int = -1
     bad_evals: int = 0
+    # True when the stop ended a run before the last epoch of its schedule; a stop that fires on the last
+    # epoch is a finished run, which a larger --epochs continues.
+    stopped: bool = False
 
     def update(self, miou: float, epoch: int) -> bool:
         """Counts the evaluation of `epoch`; True when training should stop. NaN never improves."""
@@ -29,6 +32,11 @@ class EarlyStopping:
         else:
             self.bad_evals += 1
         return self.should_stop
+
+    def stopped_early(self, epoch: int, epochs: int) -> bool:
+        """Records whether the stop after `epoch` cut a schedule of `epochs` short; returns that."""
+        self.stopped = self.should_stop and epoch + 1 < epochs
+        return self.stopped
 
     @property
     def should_stop(self) -> bool:
@@ -40,10 +48,11 @@ class EarlyStopping:
 
     def state_dict(self) -> Dict[str, Any]:
         return {"patience": self.patience, "min_delta": self.min_delta, "best": self.best,
-                "best_epoch": self.best_epoch, "bad_evals": self.bad_evals}
+                "best_epoch": self.best_epoch, "bad_evals": self.bad_evals, "stopped": self.stopped}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restores the counters (a checkpoint without them starts counting afresh)."""
         self.best = float(state.get("best", -math.inf))
         self.best_epoch = int(state.get("best_epoch", -1))
         self.bad_evals = int(state.get("bad_evals", 0))
+        self.stopped = bool(state.get("stopped", True))  # older checkpoints: every stop counted as early

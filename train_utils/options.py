@@ -1,21 +1,28 @@
 """The flags of train.py and train_multi_GPU.py, defined once so that the two scripts cannot drift."""
 import argparse
-from typing import Sequence
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
 
 from core.cli import (
     ArgumentParser,
     HelpFormatter,
     UsageError,
     add_config_flags,
+    given_on_command_line,
     non_negative_float,
     non_negative_int,
+    parse_with_config,
     positive_float,
     positive_int,
     seed,
 )
+from core.platform import usable_cpu_count
 from core.rendezvous import add_rendezvous_flag
 from core.runtime import Runtime, add_runtime_flags
 from data_utils import DATASETS, add_max_image_pixels_flag
+from recording.run_dir import run_files
 from src import add_model_flags, get_spec
 from transforms import Augmentation
 
@@ -43,7 +50,9 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-resize-masks", action=argparse.BooleanOptionalAction, default=False,
                         help="with --eval-size, also resize the masks (nearest), as the older reference "
                              "evaluation at short side 520 did")
-    parser.add_argument("-j", "--workers", type=non_negative_int, default=4, help="data loading workers per process")
+    parser.add_argument("-j", "--workers", type=non_negative_int, default=min(4, usable_cpu_count()),
+                        help="data loading workers per process (default: 4, or the CPUs this process may use "
+                             "when fewer)")
     add_max_image_pixels_flag(parser)
 
 
@@ -143,6 +152,29 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                    help="probability of a Gaussian blur (sigma in [0.1, 2])")
 
 
+def parse_training_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """train.py's and train_multi_GPU.py's flags, --config applied. A resume takes its weights from the
+    checkpoint, so a --weights that the config file set (configs/voc.yaml sets one) gives way to --resume with
+    a note; one typed on the command line stays, and check_args refuses it."""
+    args = parse_with_config(parser, argv)
+    if not (args.resume and args.weights) or "weights" in given_on_command_line(parser, argv):
+        return args
+    out = Path(default_output_dir(args))
+    if args.resume == "auto" and not run_files(out):
+        args.resume = None  # nothing to continue: --resume auto starts a new run, from the config's weights
+        return args
+    if os.environ.get("RANK", "0") == "0":  # one note per run, not one per process
+        print(f"note: --resume restores the weights from the checkpoint; the config's weights: {args.weights} "
+              f"is not used", file=sys.stderr)
+    args.weights = None
+    return args
+
+
+def default_output_dir(args: argparse.Namespace) -> str:
+    """--output-dir, by default runs/<model>_<dataset>."""
+    return args.output_dir or f"runs/{args.model}_{args.dataset}"
+
+
 def augmentation(args: argparse.Namespace) -> Augmentation:
     return Augmentation(tuple(args.color_jitter), args.rotate, args.vflip, args.gaussian_blur)
 
@@ -214,7 +246,7 @@ def resolve_args(args: argparse.Namespace, world_size: int, runtime: Runtime,
                          f"{len(class_names)} classes; drop --num-classes or fix the dataset's class list")
     resolved = argparse.Namespace(**vars(args))
     resolved.device, resolved.channels_last = str(runtime.device), runtime.channels_last
-    resolved.output_dir = args.output_dir or f"runs/{args.model}_{args.dataset}"
+    resolved.output_dir = default_output_dir(args)
     resolved.num_classes = len(class_names)
     if args.lr is None:
         resolved.lr = ADAMW_LR if args.optimizer == "adamw" else REFERENCE_LR * args.batch_size * world_size / \

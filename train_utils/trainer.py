@@ -127,7 +127,7 @@ def fit(training: Training, wrap: Callable[[], nn.Module], train_loader: DataLoa
     """The epoch loop; `wrap` returns the model to train (DDP, compiled), made anew whenever the set of
     trained parameters changes."""
     args, info, s = training.args, training.info, training.state
-    if training.early_stop.should_stop:
+    if training.early_stop.stopped and training.early_stop.should_stop:
         log.info(f"this run stopped early ({training.early_stop.reason()}): nothing to do; a larger --early-stop "
                  f"continues it")
         return 0
@@ -185,7 +185,8 @@ def finish_epoch(training: Training, record: EpochRecord, empty_batches: int, re
         log.warning(f"epoch {epoch}: {empty_batches} of {record.steps_per_epoch * training.info.world_size} "
                     f"batches had no labelled pixel (all 255) and added zero loss; `python my_dataset.py check` "
                     f"lists images without labels, and a larger --crop-size makes such crops rarer")
-    stop_early = record.metrics is not None and early.update(record.metrics["mean_iou"], epoch)
+    fired = record.metrics is not None and early.update(record.metrics["mean_iou"], epoch)
+    stop_early = early.stopped_early(epoch, training.args.epochs) if fired else False
     if early.patience is not None:
         record.extra["evals_without_improvement"] = early.bad_evals
     if stop_early:

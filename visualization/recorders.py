@@ -32,6 +32,7 @@ from recording.run_files import CURVES_FILE, TENSORBOARD_DIR, VIS_DIR
 
 from . import pictures
 from .plots import confusion_figure, curves_figure, figure_array, require_matplotlib, save_figure
+from .val_pictures import image_mean_iou
 
 VIS_IMAGES = 4  # validation images in each vis/ grid and TensorBoard panel set
 VIS_MAX_SIDE = 320  # px: larger panels are shrunk, so a grid of VOC photos stays a few hundred KB
@@ -77,6 +78,18 @@ class VisSamples:
         self.samples: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
         self.cache: Tuple[int, List[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = (-1, [])
 
+    @property
+    def stems(self) -> List[str]:
+        """The file stem of each fixed image (its index where the dataset has no files)."""
+        pairs = getattr(self.dataset, "pairs", None)
+        return [Path(pairs[i][0]).stem if pairs is not None else f"image {i}" for i in self.indices]
+
+    def captions(self, epoch: int, num_classes: int) -> List[str]:
+        """One line per image: epoch, file stem and the image's mean IoU (over the classes in its ground truth
+        or prediction, as validation.py --worst ranks them)."""
+        return [f"epoch {epoch} | {stem} | image mean IoU {image_mean_iou(t, p, num_classes) * 100:.1f}"
+                for stem, (_, t, p) in zip(self.stems, self.predictions(epoch))]
+
     def predictions(self, epoch: int) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(image (H, W, 3), ground truth (H, W), prediction (H, W)) uint8 arrays at the mask's size."""
         if self.cache[0] != epoch:
@@ -117,9 +130,10 @@ class VisRecorder(Recorder):
     """vis/epoch_<E>.png: image | ground truth | prediction for the fixed validation images, every `every`
     epochs (0: none) and after the last one."""
 
-    def __init__(self, out: Path, samples: VisSamples, palette: Palette, every: int, epochs: int) -> None:
+    def __init__(self, out: Path, samples: VisSamples, palette: Palette, every: int, epochs: int,
+                 class_names: Sequence[str]) -> None:
         self.dir, self.samples, self.palette = Path(out) / VIS_DIR, samples, palette
-        self.every, self.epochs = every, epochs
+        self.every, self.epochs, self.class_names = every, epochs, list(class_names)
 
     def start(self, next_epoch: int) -> None:
         for path in self.dir.glob("epoch_*.png"):  # pictures of epochs about to be redone
@@ -130,8 +144,13 @@ class VisRecorder(Recorder):
         last = record.epoch + 1 == self.epochs
         if not last and (not self.every or (record.epoch + 1) % self.every):
             return
-        rows = [pictures.sample_panels(*s, palette=self.palette) for s in self.samples.predictions(record.epoch)]
-        picture = pictures.grid(rows, pictures.GRID_TITLES, max_side=VIS_MAX_SIDE)
+        samples = self.samples.predictions(record.epoch)
+        rows = [pictures.sample_panels(*s, palette=self.palette) for s in samples]
+        legend = pictures.class_legend([m for _, t, p in samples for m in (t, p)], self.class_names, self.palette)
+        miou = "" if record.metrics is None else f", validation mIoU {record.metrics['mean_iou'] * 100:.1f}"
+        picture = pictures.grid(rows, pictures.GRID_TITLES, max_side=VIS_MAX_SIDE, legend=legend,
+                                captions=self.samples.captions(record.epoch, len(self.class_names)),
+                                heading=f"after epoch {record.epoch} (numbered from 0, as in train.log){miou}")
         self.dir.mkdir(parents=True, exist_ok=True)
         pictures.write_png(picture, self.dir / f"epoch_{record.epoch}.png")
 
@@ -184,9 +203,11 @@ class TensorBoardRecorder(Recorder):
         self.writer.add_image("val/confusion", confusion_picture(record.confusion.matrix.cpu().numpy(),
                                                                  self.class_names), step, dataformats="HWC")
         if self.samples is not None:
-            for i, sample in zip(self.samples.indices, self.samples.predictions(record.epoch)):
+            captions = self.samples.captions(record.epoch, len(self.class_names))
+            for i, sample, caption in zip(self.samples.indices, self.samples.predictions(record.epoch), captions):
                 strip = pictures.grid([pictures.sample_panels(*sample, palette=self.palette)],
-                                      pictures.GRID_TITLES, max_side=VIS_MAX_SIDE)
+                                      pictures.GRID_TITLES, max_side=VIS_MAX_SIDE, captions=[caption],
+                                      legend=pictures.class_legend(sample[1:], self.class_names, self.palette))
                 self.writer.add_image(f"val/image_{i}", strip, step, dataformats="HWC")
 
     def close(self) -> None:
@@ -218,7 +239,7 @@ def visual_recorders(args: argparse.Namespace, out: Path, log: logging.Logger, m
     samples = VisSamples(val_set, model, runtime) if args.vis_every != 0 or args.tensorboard else None
     if args.vis_every != 0:
         every = args.eval_every if args.vis_every is None else args.vis_every
-        recorders.append(VisRecorder(out, samples, palette or VOC_PALETTE, every, args.epochs))
+        recorders.append(VisRecorder(out, samples, palette or VOC_PALETTE, every, args.epochs, class_names))
     if args.tensorboard:
         recorders.append(TensorBoardRecorder(out, class_names, samples, palette or VOC_PALETTE, interval_loss,
                                              resume_step))

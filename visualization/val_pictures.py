@@ -48,9 +48,12 @@ class ValidationPictures:
     """
 
     def __init__(self, save_dir: Optional[Path], stems: Sequence[str], batches: Sequence[Sequence[int]],
-                 num_classes: int, palette: Palette) -> None:
+                 num_classes: int, palette: Palette, class_names: Optional[Sequence[str]] = None,
+                 epoch: Optional[int] = None) -> None:
         self.save_dir, self.stems, self.batches = save_dir, list(stems), list(batches)
-        self.num_classes, self.palette = num_classes, palette
+        self.num_classes, self.palette, self.class_names = num_classes, palette, class_names
+        # The tiles' captions name the training epoch of the weights when the checkpoint records it.
+        self.weights = "" if epoch is None else f"weights of epoch {epoch} | "
         self.next_batch, self.scores = 0, []
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, preds: torch.Tensor) -> None:
@@ -62,10 +65,13 @@ class ValidationPictures:
                                    align_corners=False).round().clamp(0, 255).byte()
         for index, image, target, pred in zip(indices, images.permute(0, 2, 3, 1).numpy(), targets, preds):
             stem = self.stems[index]
-            self.scores.append((stem, image_mean_iou(target, pred, self.num_classes)))
+            score = image_mean_iou(target, pred, self.num_classes)
+            self.scores.append((stem, score))
             if self.save_dir is not None:
                 save_mask(pred, self.save_dir / MASKS_DIR / f"{stem}.png", self.palette)
-                pictures.write_png(pictures.tile(image, target, pred, self.palette), self.save_dir / TILES_DIR / f"{stem}.png")
+                caption = f"{self.weights}{stem} | image mean IoU {score * 100:.1f}"
+                picture = pictures.tile(image, target, pred, self.palette, self.class_names, caption)
+                pictures.write_png(picture, self.save_dir / TILES_DIR / f"{stem}.png")
 
     def worst(self, k: int, gather: Callable[[Any], List[Any]] = lambda scores: [scores]) -> List[Tuple[str, float]]:
         """The k images with the lowest mean IoU; `gather` collects every rank's scores (all_gather_objects
