@@ -28,6 +28,11 @@ KIND_NAMES = {"png": "PNG picture", "npy": "NumPy array", "jpeg": "JPEG photo", 
               "gif": "GIF picture", "tiff": "TIFF picture", "bmp": "BMP picture", "webp": "WebP picture"}
 
 
+# A JSON object, or an array whose first element is a JSON value; a line such as validation.py's record
+# header "[2026-12-03 07:00:00] weights: ..." starts with "[" too and is text.
+_JSON_START = re.compile(r'\s*(\{|\[\s*([\[{"\]]|-?\d+(\.\d+)?([eE][+-]?\d+)?\s*[,\]]|true\b|false\b|null\b))')
+
+
 def file_kind(path: PathLike) -> str:
     """What an existing file holds, from its first 4 KiB: a key of KIND_NAMES, or "empty"."""
     with open(path, "rb") as f:
@@ -46,7 +51,7 @@ def file_kind(path: PathLike) -> str:
             if e.start < len(head) - 4:  # not just a character cut by the 4 KiB boundary
                 return "binary"
             text = head[:e.start].decode("utf-8")
-        return "json" if text.lstrip()[:1] in ("{", "[") else "text"
+        return "json" if _JSON_START.match(text) else "text"
     # ONNX is protobuf: ModelProto starts with field 1 (ir_version, a varint) and names its producer.
     if head[:1] == b"\x08" and b"pytorch" in head[:200].lower():
         return "onnx"
