@@ -40,8 +40,11 @@ from core.runtime import add_runtime_flags, resolve_runtime
 from data_utils import IMAGE_EXTENSIONS, save_mask
 from inference import (
     Prediction,
+    add_backend_flags,
     add_inference_flags,
+    check_backend_args,
     inferer_from_args,
+    load_backend,
     load_inference_model,
     output_stems,
     photo_loader,
@@ -75,6 +78,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=positive_int, default=1, help="timed passes per batch (after warm-up)")
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed passes on the first batch")
     add_inference_flags(parser)
+    add_backend_flags(parser)
     return parse_with_config(parser, argv)
 
 
@@ -136,7 +140,9 @@ def main(args: argparse.Namespace) -> int:
     outputs = output_paths(args, images, single)
     refuse_overwriting_inputs(images, [f for out in outputs for f in companions(out, args)])
     runtime = resolve_runtime(args)
+    check_backend_args(args, runtime)
     loaded, model = load_inference_model(args, runtime)
+    model = load_backend(args, loaded, model)
     names = loaded.class_names or default_class_names(loaded.num_classes)
     palette = loaded.palette or VOC_PALETTE
     loader = photo_loader(images, args.batch_size, 0 if single else args.workers, pin_memory=runtime.pin_memory)
@@ -151,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"{images[0]} -> {outputs[0]} ({mask.shape[1]}x{mask.shape[0]}; classes: {present})")
     if result.pass_seconds:
         mean, median = result.pass_ms()
-        print(f"inference time ({runtime.precision}, batches of up to {args.batch_size}) over "
+        print(f"inference time ({args.backend}, {runtime.precision}, batches of up to {args.batch_size}) over "
               f"{len(result.pass_seconds)} passes on {runtime.device}: mean {mean:.1f} ms, median {median:.1f} ms",
               file=sys.stderr)
     if single:

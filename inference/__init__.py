@@ -6,9 +6,12 @@
     inference.photos   photos decoded in loader workers, batched by size
     inference.folder   folder prediction: batches through the model, files written by background threads
     inference.outputs  the names of predict.py's files
+    inference.export   the ONNX export (BN folded, dynamic batch and size, metadata) and its cache
+    inference.backends --backend torch|onnxruntime|openvino: the ONNX model run like the torch model
 
 It imports core/, src/ and data_utils/ only: running a model does not need the training engine.
 """
+from .backends import BackendModel, ParityChecked, add_backend_flags, check_backend_args, load_backend
 from .folder import BackgroundWriter, FolderResult, Prediction, predict_folder, predict_images
 from .forward import Inferer, normalize, predict_scores, prepare_images, resize_logits, whole_image
 from .loading import load_inference_model, prepare_inference_model
@@ -25,6 +28,7 @@ from .outputs import output_stems, refuse_overwriting_inputs
 from .photos import PhotoBatch, PhotoFolder, photo_loader, size_batches
 
 __all__ = [
+    "BackendModel", "ParityChecked", "add_backend_flags", "check_backend_args", "load_backend",
     "BackgroundWriter", "FolderResult", "Inferer", "InferenceMode", "PhotoBatch", "PhotoFolder", "Prediction",
     "add_inference_flags", "inferer_from_args", "load_inference_model", "make_inferer", "normalize",
     "output_stems", "photo_loader", "predict_folder", "predict_images", "predict_scores", "prepare_images",
