@@ -69,7 +69,7 @@ def check_opset(opset: int) -> None:
     except ImportError:  # a torch that moved it: let the exporter judge
         return
     if not lowest_native_opset() <= opset <= ONNX_MAX_OPSET:
-        raise ValueError(f"--opset {opset}: this torch writes ONNX opsets {lowest_native_opset()}..{ONNX_MAX_OPSET} "
+        raise ValueError(f"--opset {opset}: this torch exports ONNX opsets {lowest_native_opset()}..{ONNX_MAX_OPSET} "
                          f"natively; choose one of them (default {native_opset()})")
 
 
