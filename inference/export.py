@@ -87,12 +87,20 @@ def file_sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
+def without_aux(model: nn.Module) -> nn.Module:
+    """An fp32 CPU eval-mode copy of `model` without its aux head (its output is never used at inference)."""
+    model = copy.deepcopy(model).eval().float().cpu()
+    if getattr(model, "aux_classifier", None) is not None:
+        model.aux_classifier = None
+    return model
+
+
 @torch.no_grad()
 def folded_copy(model: nn.Module, check: Optional[torch.Tensor] = None,
                 tolerance: float = TOLERANCE) -> nn.Module:
     """An eval-mode copy of `model` with BatchNorm folded; with `check` (a normalised batch), the copy's logits
     must match the unfolded model's to `tolerance` (relative), else a ValueError."""
-    folded = fold_batchnorm(copy.deepcopy(model).eval().float().cpu())
+    folded = fold_batchnorm(without_aux(model))
     if check is not None:
         ref, out = model.eval()(check)["out"].numpy(), folded(check)["out"].numpy()
         error = relative_error(out, ref)
@@ -161,7 +169,7 @@ def export_onnx(model: nn.Module, path: PathLike, loaded: CheckpointModel, check
     opset = native_opset() if opset is None else opset
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, 3, size, size, generator=generator)
-    module = LogitsOnly(folded_copy(model, example) if fold else copy.deepcopy(model).float().cpu()).eval()
+    module = LogitsOnly(folded_copy(model, example) if fold else without_aux(model)).eval()
     proto = _export_proto(module, example, opset)
     for key, value in metadata(loaded, checkpoint_sha256, fold).items():
         entry = proto.metadata_props.add()
