@@ -159,6 +159,8 @@ class ParityChecked(nn.Module):
                     f"{self.error:.3g} of their scale on the first batch (tolerance {self.tolerance:g}); the ONNX "
                     f"model does not compute this checkpoint's function: use --backend torch, or --onnx-model "
                     f"made from this checkpoint (--no-parity-check skips the check)")
+            print(f"parity check: logits within {self.error:.2g} of torch's scale on the first batch (tolerance "
+                  f"{self.tolerance:g})", file=sys.stderr, flush=True)
         return out
 
     @property
