@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import inference.export as export_module
 import predict
 import validation
 from core.checkpoint import Checkpoint, save_checkpoint
@@ -126,6 +127,38 @@ def test_a_backend_beyond_the_tolerance_is_stopped_before_writing(weights, photo
     assert not (tmp_path / "out").exists()
     assert predict.main(predict.parse_args(argv + ["--no-parity-check"])) == 0
     assert len(list((tmp_path / "out").iterdir())) == 3
+
+
+class ConvBN(torch.nn.Module):
+    """conv + BN returning {"out"}, as the segmentation models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+        with torch.no_grad():
+            self.body[1].running_mean.uniform_(-1, 1)
+            self.body[1].running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        return {"out": self.body(x)}
+
+
+def test_batchnorm_folding_before_export_is_checked(monkeypatch):
+    torch.manual_seed(0)
+    model, x = ConvBN().eval(), torch.randn(2, 3, 8, 8)
+    folded = export_module.folded_copy(model, x)
+    assert isinstance(folded.body[1], torch.nn.Identity)  # folded, and the original left as it was
+    assert isinstance(model.body[1], torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x)["out"], model(x)["out"], rtol=1e-5, atol=1e-5)
+
+    def wrong_fold(m):  # a fold that forgets the BN's shift
+        m.body[1] = torch.nn.Identity()
+        return m
+
+    monkeypatch.setattr(export_module, "fold_batchnorm", wrong_fold)
+    with pytest.raises(ValueError, match="BatchNorm folding moved the logits by"):
+        export_module.folded_copy(model, x)
 
 
 class Offset(torch.nn.Module):
