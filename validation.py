@@ -21,9 +21,8 @@ import datetime
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -32,8 +31,11 @@ from core.platform import append_text, atomic_write, check_writable, nan_to_none
 from core.runtime import add_runtime_flags, resolve_runtime
 from data_utils import build_dataset, collate_fn
 from inference import (
+    PixelAgreement,
+    accuracy_lost,
     add_backend_flags,
     add_inference_flags,
+    chain_hooks,
     check_backend_args,
     inferer_from_args,
     load_backend,
@@ -137,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
     for i, (label, net, infer) in enumerate(modes):
         hooks = [pics if i == len(modes) - 1 else None, agreement.hook(i) if agreement and i < 2 else None]
         results[label] = run_evaluation(net, loader, runtime, loaded.num_classes, class_names, infer, desc=label,
-                                        on_batch=chain(hooks)).confusion
+                                        on_batch=chain_hooks(hooks)).confusion
     worst = pics.worst(args.worst or 0, gather=all_gather_objects) if pics is not None else []
     if info.is_main:
         report(args, loaded.name, len(dataset), results, class_names, worst,
@@ -158,55 +160,12 @@ def evaluation_modes(args: argparse.Namespace, model: nn.Module, backend: nn.Mod
     return [("single-scale", backend, whole_image)] + ([(tta.name, backend, tta)] if tta is not None else [])
 
 
-def chain(hooks: List[Optional[Callable]]) -> Optional[Callable]:
-    """One on_batch hook calling each of `hooks` that is not None (None when none is)."""
-    hooks = [h for h in hooks if h is not None]
-    if not hooks:
-        return None
-    return lambda *batch: [hook(*batch) for hook in hooks] and None
-
-
-class PixelAgreement:
-    """Share of pixels whose label is the same in two evaluation runs over the same loader (fp32 vs int8):
-    run 0 keeps its predicted labels per batch (uint8 on the host), run 1 compares with them."""
-
-    def __init__(self) -> None:
-        self.labels: List[torch.Tensor] = []
-        self.same = self.pixels = 0
-        self.seen = 0
-
-    def hook(self, run: int) -> Callable:
-        def record(images: torch.Tensor, targets: torch.Tensor, preds: torch.Tensor) -> None:
-            if run == 0:
-                self.labels.append(preds.to(torch.uint8).cpu())
-                return
-            self.same += int((self.labels[self.seen] == preds.to(torch.uint8).cpu()).sum())
-            self.pixels += preds.numel()
-            self.labels[self.seen] = None  # compared: free it
-            self.seen += 1
-        return record
-
-    def total(self, gather: Callable) -> Tuple[int, int]:
-        """(equal pixels, pixels) over all ranks."""
-        counts = gather((self.same, self.pixels))
-        return sum(c[0] for c in counts), sum(c[1] for c in counts)
-
-
 def save_pictures(save_dir: Path, cm: ConfusionMatrix, class_names: List[str], worst: List[Tuple[str, float]]) -> None:
     save_figures(save_dir, cm, class_names)
     if worst:
         keep_worst_tiles(save_dir, worst)
     print(f"pictures in {save_dir}: masks/, tiles/, confusion.png, per_class_iou.png"
           f"{', worst/' if worst else ''}", file=sys.stderr)
-
-
-def accuracy_lost(results: Dict[str, ConfusionMatrix], agreement: Tuple[int, int]) -> str:
-    """The int8 lines of the record: mIoU of fp32 torch and int8, the points lost, and the pixel agreement."""
-    (fp32_label, fp32), (int8_label, int8) = list(results.items())[:2]
-    a, b = fp32.metrics()["mean_iou"] * 100, int8.metrics()["mean_iou"] * 100
-    same, pixels = agreement
-    return (f"int8 accuracy: mean IoU {a:.1f} ({fp32_label}) -> {b:.1f} ({int8_label}), {b - a:+.1f} points; "
-            f"pixel agreement with fp32 {same / max(pixels, 1):.2%} of {pixels} pixels")
 
 
 def report(args: argparse.Namespace, name: str, num_images: int, results: Dict[str, ConfusionMatrix],

@@ -17,7 +17,7 @@ import predict
 import validation
 from core.checkpoint import Checkpoint, save_checkpoint
 from data_utils import build_dataset
-from inference import ParityChecked
+from inference import ParityChecked, PixelAgreement
 from inference.export import cached_export, file_sha256, read_metadata
 from src import build_model, model_from_checkpoint
 from src.fuse import prepare_for_inference
@@ -188,6 +188,18 @@ def test_parity_check_runs_once_and_measures_relative_error():
     assert calls == [1] and checked.error == pytest.approx(1e-5, rel=1e-2)
     with pytest.raises(ValueError, match=r"--backend fake \(fake.onnx\): .* by 0.0002 of their scale"):
         ParityChecked(Offset(2e-3), reference, 1e-4)(x)
+
+
+def test_pixel_agreement_counts_equal_labels_across_two_runs():
+    agreement = PixelAgreement()
+    first, second = agreement.hook(0), agreement.hook(1)
+    a = [torch.tensor([[0, 1], [2, 3]]), torch.tensor([[1, 1, 1]])]
+    b = [torch.tensor([[0, 1], [3, 3]]), torch.tensor([[0, 0, 1]])]
+    for preds in a:
+        first(None, None, preds)
+    for preds in b:
+        second(None, None, preds)
+    assert agreement.total(lambda x: [x]) == (4, 7)  # 3 of 4, then 1 of 3
 
 
 @needs("onnxruntime")
