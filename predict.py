@@ -40,9 +40,12 @@ from core.runtime import add_runtime_flags, resolve_runtime
 from data_utils import IMAGE_EXTENSIONS, add_max_image_pixels_flag, save_mask, set_max_image_pixels
 from inference import (
     Prediction,
+    add_backend_flags,
     add_inference_flags,
+    check_backend_args,
     check_output_files,
     inferer_from_args,
+    load_backend,
     load_inference_model,
     output_stems,
     output_target,
@@ -78,6 +81,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed passes on the first batch")
     add_inference_flags(parser)
     add_max_image_pixels_flag(parser)
+    add_backend_flags(parser)
     return parse_with_config(parser, argv)
 
 
@@ -141,7 +145,9 @@ def main(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs(images, [f for out in outputs for f in companions(out, args)])
     check_output_files([f for out in outputs for f in companions(out, args)], [args.weights, args.config])
     runtime = resolve_runtime(args)
+    check_backend_args(args, runtime)
     loaded, model = load_inference_model(args, runtime)
+    model = load_backend(args, loaded, model)
     names = loaded.class_names or default_class_names(loaded.num_classes)
     palette = loaded.palette or VOC_PALETTE
     loader = photo_loader(images, args.batch_size, 0 if single else args.workers, pin_memory=runtime.pin_memory)
@@ -156,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"{images[0]} -> {outputs[0]} ({mask.shape[1]}x{mask.shape[0]}; classes: {present})")
     if result.pass_seconds:
         mean, median = result.pass_ms()
-        print(f"inference time ({runtime.precision}, batches of up to {args.batch_size}) over "
+        print(f"inference time ({args.backend}, {runtime.precision}, batches of up to {args.batch_size}) over "
               f"{len(result.pass_seconds)} passes on {runtime.device}: mean {mean:.1f} ms, median {median:.1f} ms",
               file=sys.stderr)
     if single:

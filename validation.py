@@ -21,8 +21,9 @@ import datetime
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from torch import nn
 from torch.utils.data import DataLoader
 
 from core.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main
@@ -31,7 +32,18 @@ from core.platform import append_text, atomic_write, check_writable, nan_to_none
 from core.rendezvous import add_rendezvous_flag
 from core.runtime import add_runtime_flags, resolve_runtime
 from data_utils import build_dataset, collate_fn, own_class_file, set_max_image_pixels
-from inference import add_inference_flags, inferer_from_args, load_inference_model, whole_image
+from inference import (
+    PixelAgreement,
+    accuracy_lost,
+    add_backend_flags,
+    add_inference_flags,
+    chain_hooks,
+    check_backend_args,
+    inferer_from_args,
+    load_backend,
+    load_inference_model,
+    whole_image,
+)
 from recording.run_files import RECORD_FILE
 from src import add_model_flags
 from train_utils.distributed import all_gather_objects, cleanup, init_distributed_mode
@@ -68,6 +80,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--worst", type=positive_int, default=None, metavar="K",
                         help="list the K images with the lowest mean IoU (with --save-dir also worst/<rank>_<name>.png)")
     add_inference_flags(parser)
+    add_backend_flags(parser)
     return parse_with_config(parser, argv)
 
 
@@ -125,7 +138,9 @@ def main(args: argparse.Namespace) -> int:
         prepare_save_dir(save_dir, data=[args.data_path])
     info = init_distributed_mode(args.device, rendezvous_s=args.rendezvous_timeout)
     runtime = resolve_runtime(args, info.local_rank, device=info.device)
+    check_backend_args(args, runtime)
     loaded, model = load_inference_model(args, runtime)
+    backend = load_backend(args, loaded, model)
     dataset = load_val_set(args, loaded.num_classes)
     if save_dir is not None:
         check_save_dir(save_dir, dataset.pairs, [p[0].stem for p in dataset.pairs])
@@ -137,18 +152,31 @@ def main(args: argparse.Namespace) -> int:
     pics = ValidationPictures(save_dir, [p[0].stem for p in dataset.pairs], sampler.batches, loaded.num_classes,
                               loaded.palette or dataset.palette, class_names, loaded.epoch) \
         if save_dir is not None or args.worst else None
-    tta = inferer_from_args(args)
-    modes = [("single-scale", whole_image)] + ([(tta.name, tta)] if tta is not None else [])
-    results = {label: run_evaluation(model, loader, runtime, loaded.num_classes, class_names, infer, desc=label,
-                                     on_batch=pics if i == len(modes) - 1 else None).confusion
-               for i, (label, infer) in enumerate(modes)}
+    modes = evaluation_modes(args, model, backend)
+    agreement = PixelAgreement() if getattr(backend, "int8", False) else None
+    results = {}
+    for i, (label, net, infer) in enumerate(modes):
+        hooks = [pics if i == len(modes) - 1 else None, agreement.hook(i) if agreement and i < 2 else None]
+        results[label] = run_evaluation(net, loader, runtime, loaded.num_classes, class_names, infer, desc=label,
+                                        on_batch=chain_hooks(hooks)).confusion
     worst = pics.worst(args.worst or 0, gather=all_gather_objects) if pics is not None else []
     if info.is_main:
-        report(args, loaded.name, len(dataset), results, class_names, worst)
+        report(args, loaded.name, len(dataset), results, class_names, worst,
+               agreement.total(all_gather_objects) if agreement else None)
         if save_dir is not None:
             save_pictures(save_dir, results[modes[-1][0]], class_names, worst)
     cleanup()
     return 0
+
+
+def evaluation_modes(args: argparse.Namespace, model: nn.Module, backend: nn.Module) -> List[Tuple[str, nn.Module, Any]]:
+    """(label, model, inferer) of each column: single scale and the flags' TTA, of the --backend; an int8 model
+    is scored next to the fp32 torch model (the first column), so the record says what quantisation cost."""
+    tta = inferer_from_args(args)
+    if getattr(backend, "int8", False):
+        modes = [("fp32 torch", model, whole_image), (f"int8 {args.backend}", backend, whole_image)]
+        return modes + ([(f"int8 {tta.name}", backend, tta)] if tta is not None else [])
+    return [("single-scale", backend, whole_image)] + ([(tta.name, backend, tta)] if tta is not None else [])
 
 
 def save_pictures(save_dir: Path, cm: ConfusionMatrix, class_names: List[str], worst: List[Tuple[str, float]]) -> None:
@@ -160,11 +188,14 @@ def save_pictures(save_dir: Path, cm: ConfusionMatrix, class_names: List[str], w
 
 
 def report(args: argparse.Namespace, name: str, num_images: int, results: Dict[str, ConfusionMatrix],
-           class_names: List[str], worst: List[Tuple[str, float]]) -> None:
+           class_names: List[str], worst: List[Tuple[str, float]], agreement: Optional[Tuple[int, int]] = None) -> None:
     first = next(iter(results.values()))
-    text = header(args, name, num_images) + "\n" + str(first) + "\n"
+    text = header(args, name, num_images) + (f" | backend: {args.backend}" if args.backend != "torch" else "") + \
+        "\n" + str(first) + "\n"
     if len(results) > 1:
         text += comparison(results, class_names) + "\n"
+    if agreement is not None:
+        text += accuracy_lost(results, agreement) + "\n"
     if worst:
         text += f"worst {len(worst)} images by mean IoU ({list(results)[-1]}):\n" + \
             "".join(f"  {iou * 100:5.1f}  {stem}\n" for stem, iou in worst)
@@ -176,6 +207,8 @@ def report(args: argparse.Namespace, name: str, num_images: int, results: Dict[s
         # "confusion": rows ground truth, columns prediction, pixel counts (255 skipped)
         data = {"weights": args.weights, "model": name, "split": args.split, "images": num_images,
                 **{label: {**cm.metrics(), "confusion": cm.matrix.tolist()} for label, cm in results.items()}}
+        if agreement is not None:
+            data["int8_pixel_agreement"] = agreement[0] / max(agreement[1], 1)
         if worst:
             data["worst"] = [{"image": stem, "mean_iou": iou} for stem, iou in worst]
         atomic_write(Path(args.json), lambda f: f.write(json.dumps(nan_to_none(data), indent=2).encode()))

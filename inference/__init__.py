@@ -7,9 +7,14 @@
     inference.photos   photos decoded in loader workers, batched by size
     inference.folder   folder prediction: batches through the model, files written by background threads
     inference.outputs  the names of predict.py's files
+    inference.export   the ONNX export (BN folded, dynamic batch and size, metadata) and its cache
+    inference.backends --backend torch|onnxruntime|openvino: the ONNX model run like the torch model
+    inference.agreement two evaluations compared pixel by pixel (int8 against fp32)
 
 It imports core/, src/ and data_utils/ only: running a model does not need the training engine.
 """
+from .agreement import PixelAgreement, accuracy_lost, chain_hooks
+from .backends import BackendModel, ParityChecked, add_backend_flags, check_backend_args, load_backend
 from .folder import BackgroundWriter, FolderResult, Prediction, predict_folder, predict_images
 from .forward import Inferer, normalize, predict_masks, predict_scores, prepare_images, resize_logits, whole_image
 from .loading import load_inference_model, prepare_inference_model
@@ -27,6 +32,7 @@ from .outputs import check_output_files, output_stems, output_target, refuse_ove
 from .photos import PhotoBatch, PhotoFolder, photo_loader, size_batches
 
 __all__ = [
+    "BackendModel", "ParityChecked", "PixelAgreement", "accuracy_lost", "chain_hooks", "add_backend_flags", "check_backend_args", "load_backend",
     "BackgroundWriter", "FolderResult", "Inferer", "InferenceMode", "PhotoBatch", "PhotoFolder", "Prediction",
     "add_inference_flags", "check_output_files", "inferer_from_args", "load_inference_model", "make_inferer", "normalize",
     "output_stems", "output_target", "photo_loader", "predict_folder", "predict_images", "predict_masks", "predict_scores", "prepare_images",

@@ -171,6 +171,24 @@ def test_predict_folder_against_one_at_a_time(tool, tmp_path):
     assert check["pixels"] == 3 * 40 * 48 + 2 * 48 * 40
 
 
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("openvino") is None,
+                    reason="the backend variants need onnxruntime and openvino (pip install onnxruntime openvino)")
+def test_infer_backends_and_int8_side_by_side(tool, tmp_path, capsys):
+    data = bench(tool, tmp_path, "--mode", "infer", "--size", "64", "--warmup", "1", "--iters", "2", "--rounds", "2",
+                 "--num-classes", "3", "--backends", "onnxruntime", "openvino", "--int8")
+    names = ["onnxruntime", "openvino", "onnxruntime int8", "openvino int8"]
+    assert list(data["backends"]) == names
+    base = data["variants"]["baseline"]
+    for name in names:
+        v, b = data["variants"][name], data["backends"][name]
+        assert len(v["round_images_per_s"]) == 2 and v["peak_rss_mib"] is not None
+        assert b["ratio"]["latency_median"] == pytest.approx(v["latency_ms_median"] / base["latency_ms_median"])
+        assert 0 <= b["agreement_with_fp32_torch"] <= 1
+    assert min(data["backends"][n]["agreement_with_fp32_torch"] for n in names[:2]) >= 0.999  # fp32 runtimes
+    out = capsys.readouterr().out
+    assert "variants side by side" in out and "onnxruntime int8" in out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--mode", "foo"], "invalid choice"),
     (["--iters", "0"], "must be a positive integer"),
@@ -187,6 +205,8 @@ def test_bad_flags(tool, capsys, args, message):
     (["--mode", "eval", "--size", "64"], "--size does not apply"),
     (["--mode", "predict", "--workers", "1", "2"], "one --workers count"),
     (["--mode", "train", "--model", "fcn8s"], "--model fcn8s"),
+    (["--mode", "train", "--backends", "onnxruntime"], "--backends does not apply to --mode train"),
+    (["--mode", "infer", "--int8-model", "x.onnx"], "pass that checkpoint as --weights"),
     (["--mode", "data", "--device", "cpu", "--num-images", "2"], "raise --num-images"),
     pytest.param(["--mode", "infer", "--device", "cuda"], "CUDA is not available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

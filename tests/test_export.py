@@ -4,6 +4,7 @@ The export runs as a user runs it (a subprocess); the references are fresh model
 checkpoint here, with the aux head kept, so the tool's loading and aux stripping are checked too.
 """
 import importlib.util
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -12,6 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.constants import IMAGENET_MEAN, IMAGENET_STD
+from core.palette import VOC_PALETTE
+from inference.export import native_opset
 from src import build_model
 
 from conftest import run
@@ -71,11 +75,11 @@ def exported(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     result = run_tool("--weights", str(checkpoint), "--output-dir", str(out), "--size", str(SIZE))
     assert result.returncode == 0, result.stdout + result.stderr
-    return out, result.stdout
+    return out, result.stdout, result.stderr
 
 
 def test_torchscript_matches_pytorch_at_another_size(exported, reference):
-    out, stdout = exported
+    out, stdout, _ = exported
     scripted = torch.jit.load(str(out / "model.torchscript.pt"))
     torch.manual_seed(1)
     for size in ((SIZE + 8, SIZE + 40), (SIZE - 16, SIZE + 24)):
@@ -98,14 +102,15 @@ def test_exported_model_has_no_aux_head(exported):
 
 def test_onnx_matches_pytorch_at_another_size(exported, reference):
     import onnx  # requirements-test.txt: a broken install must fail here, not skip
-    out, stdout = exported
+    out, stdout, _ = exported
     path = out / "model.onnx"
     onnx.checker.check_model(str(path))
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_value for d in dims[:2]] == [1, 3] and not dims[2].dim_value and not dims[3].dim_value
+    # batch, height and width are free: folder prediction and sliding windows send batches of any size
+    assert dims[1].dim_value == 3 and not any(dims[i].dim_value for i in (0, 2, 3))
     import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    image = torch.randn(1, 3, SIZE + 24, SIZE - 8)
+    image = torch.randn(3, 3, SIZE + 24, SIZE - 8)
     with torch.no_grad():
         expected = reference(image)["out"].numpy()
     got = session.run(None, {session.get_inputs()[0].name: image.numpy()})[0]
@@ -113,6 +118,24 @@ def test_onnx_matches_pytorch_at_another_size(exported, reference):
     # Another runtime's float32 kernels: agreement to 1e-4 of the logit scale, as the tool requires.
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
     assert "onnx: max abs diff" in stdout
+
+
+def test_onnx_is_written_natively_with_its_metadata(exported):
+    """At the opset torch writes natively there is no conversion warning or fallback line; the file says what
+    its input is and what its classes are called, for users of the bare ONNX model."""
+
+    import onnx
+
+    out, stdout, stderr = exported
+    assert "operator set version" not in stderr and "version conversion" not in stderr.lower(), stderr
+    assert "fallback" not in (stdout + stderr).lower()
+    model = onnx.load(str(out / "model.onnx"))
+    assert next(o.version for o in model.opset_import if o.domain == "") == native_opset()
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["class_names"]) == ["background", "cat", "dog"]
+    assert json.loads(meta["palette"]) == [VOC_PALETTE[3 * i:3 * i + 3] for i in range(3)]
+    assert json.loads(meta["mean"]) == list(IMAGENET_MEAN) and json.loads(meta["std"]) == list(IMAGENET_STD)
+    assert meta["num_classes"] == "3" and meta["batchnorm_folded"] == "true" and "NCHW" in meta["input"]
 
 
 def test_without_onnx_torchscript_is_still_exported(checkpoint, tmp_path):

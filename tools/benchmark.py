@@ -5,6 +5,8 @@
     python tools/benchmark.py --mode infer --device cuda --amp --size 520 --iters 200 --json infer.json
     python tools/benchmark.py --mode data --batch-size 8 --workers 1 2 4 8 16 --gpu-step-rate 150
     python tools/benchmark.py --mode predict --device cuda --amp --batch-size 8 --workers 4 --num-images 200
+    # CPU runtimes side by side: torchvision eager, ours, ONNX Runtime, OpenVINO, and both in int8
+    python tools/benchmark.py --mode infer --device cpu --backends onnxruntime openvino --int8
 
 train, eval and infer run our code path and torchvision's reference recipe ("the baseline") in one process, in
 alternating rounds (baseline, ours, baseline, ours, ...) so that clock changes and other load hit both alike,
@@ -35,6 +37,7 @@ from core.cli import (  # noqa: E402
 from core.outputs import check_output  # noqa: E402
 from core.runtime import add_runtime_flags, resolve_runtime  # noqa: E402
 from src import add_model_flags  # noqa: E402
+from tools.benchlib.backends import check_args as check_backend_args  # noqa: E402
 from tools.benchlib.baselines import TV_BUILDERS  # noqa: E402
 from tools.benchlib.inputs import VOC_SIZES  # noqa: E402
 from tools.benchlib.modes import MODES  # noqa: E402
@@ -52,7 +55,8 @@ APPLIES = {"--size": ("train", "infer", "data"), "--image": ("infer",), "--iters
            "--image-sizes": ("eval", "data", "predict"), "--num-images": ("eval", "data", "predict"),
            "--workers": ("data", "predict"), "--gpu-step-rate": ("data",), "--base-size": ("data",),
            "--weights": ("train", "eval", "infer", "predict"), "--num-classes": ("train", "eval", "infer", "predict"),
-           "--model": ("train", "eval", "infer", "predict"), "--channels-last": ("train", "eval", "infer", "predict")}
+           "--model": ("train", "eval", "infer", "predict"), "--channels-last": ("train", "eval", "infer", "predict"),
+           "--backends": ("infer", "predict"), "--int8-model": ("infer", "predict")}
 
 
 def image_size(text: str) -> Tuple[int, int]:
@@ -98,6 +102,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="data: loader worker counts to time (default 1 2 4 8 16); predict: predict.py's -j (2)")
     parser.add_argument("--gpu-step-rate", type=positive_float, default=None, metavar="IMGS",
                         help="data: GPU training images/s (from --mode train) that the loader has to keep up with")
+    parser.add_argument("--backends", nargs="+", choices=("onnxruntime", "openvino"), default=None,
+                        help="infer, predict: also time our model exported to ONNX (BN folded) in these runtimes, "
+                             "side by side (CPU; predict.py --backend)")
+    parser.add_argument("--int8", action="store_true",
+                        help="infer, predict: also time the int8 model (quantized here on 4 synthetic images; "
+                             "--int8-model for one of tools/quantize.py) in each of --backends (default onnxruntime)")
+    parser.add_argument("--int8-model", default=None, metavar="FILE",
+                        help="infer, predict: the int8 ONNX model of --weights made by tools/quantize.py")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the protocol and all numbers to this file")
     # The model and runtime flags of every script. Ours runs with the runtime flags; the baseline is always
     # torchvision's fp32, contiguous, eager recipe. --weights loads one checkpoint into both models.
@@ -132,6 +144,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if mode == "data" and args.num_images < args.batch_size:
         raise UsageError(f"--num-images {args.num_images} is less than one batch (--batch-size {args.batch_size}); "
                          f"raise --num-images")
+    if args.int8 and mode not in ("infer", "predict"):
+        raise UsageError(f"--int8 does not apply to --mode {mode} (only to infer, predict); drop it")
+    if args.int8_model and not args.weights:
+        raise UsageError("--int8-model is the int8 model of a checkpoint: pass that checkpoint as --weights")
     if mode == "predict" and len(args.workers) != 1:
         raise UsageError(f"--mode predict takes one --workers count (predict.py's -j), got {args.workers}")
     return args
@@ -141,6 +157,7 @@ def main(args: argparse.Namespace) -> int:
     args = resolve_args(args)
     check_output("--json", args.json, "json", [getattr(args, "weights", None), getattr(args, "config", None)])
     runtime = resolve_runtime(args)
+    check_backend_args(args, runtime)
     runtime.set_backend_flags()  # cudnn.benchmark on CUDA, as train.py and TV's train.py; warm-up covers every shape
     env = environment(runtime)
     result = {"mode": args.mode, "model": None, "command": " ".join(sys.argv), "environment": env,

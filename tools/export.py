@@ -3,10 +3,13 @@
     python tools/export.py --weights run/best.pth --output-dir export/
     python tools/export.py --weights fcn8s.pth --model fcn8s --num-classes 21 --output-dir export/ --format onnx
 
-The exported models take a normalised float image (1, 3, H, W) (ImageNet mean/std, core.constants)
-of any height and width and return the logits (1, C, H, W); the argmax over C is the label map. The aux head
-is dropped: it only adds a training signal. ONNX needs `pip install onnx onnxruntime` (and onnxscript for
-torch's default exporter; without it the older TorchScript-based exporter is used).
+The exported models take a normalised float batch (N, 3, H, W) (ImageNet mean/std, core.constants) of any
+height and width and return the logits (N, C, H, W); the argmax over C is the label map. The aux head
+is dropped: it only adds a training signal. The ONNX model is written at the opset torch writes natively, with
+BatchNorm folded (checked), a dynamic batch, and the class names, palette and normalisation in its metadata
+(inference/export.py; predict.py --backend onnxruntime runs the same export). ONNX needs `pip install onnx
+onnxruntime` (and onnxscript for torch's default exporter; without it the older TorchScript-based exporter is
+used).
 """
 import argparse
 import sys
@@ -21,15 +24,20 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # src and train_utils live at the repository root
 from core.cli import ArgumentParser, HelpFormatter, add_config_flags, parse_with_config, positive_int, run_main  # noqa: E402
 from core.outputs import check_output  # noqa: E402
-from src import add_model_flags, model_from_checkpoint  # noqa: E402
+from inference.export import (  # noqa: E402
+    MIN_SIZE,
+    TOLERANCE,
+    LogitsOnly,
+    check_opset,
+    export_onnx,
+    file_sha256,
+    native_opset,
+    onnx_opset,
+    relative_error,
+)
+from src import CheckpointModel, add_model_flags, model_from_checkpoint  # noqa: E402
 
 FORMATS = ("torchscript", "onnx")
-# Largest allowed |export - PyTorch| as a fraction of max(1, largest |logit|). Another runtime's float32
-# kernels sum in another order: through ~50 layers that moves logits by ~1e-6 of their scale (2e-6 measured
-# for ONNX Runtime on fcn_resnet50). Real export bugs (a size frozen at trace time, another interpolation,
-# a missing layer) move them by a large fraction of it, so 1e-4 separates the two with margin both ways.
-TOLERANCE = 1e-4
-MIN_SIZE = 32  # the ONNX export declares H, W >= 32: below that the 1/8 feature map is a few pixels
 
 Runner = Callable[[torch.Tensor], np.ndarray]
 
@@ -40,7 +48,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default="export", help="folder for model.torchscript.pt and model.onnx")
     parser.add_argument("--format", nargs="+", choices=FORMATS, default=None,
                         help="what to write; default: torchscript, plus onnx when the onnx package is installed")
-    parser.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version")
+    parser.add_argument("--opset", type=positive_int, default=native_opset(),
+                        help="ONNX opset version (default: the one this torch writes natively)")
     parser.add_argument("--size", type=positive_int, default=512,
                         help=f"square input size used to trace the model (>= {MIN_SIZE}); the exports accept "
                              f"any size and are checked at a different one")
@@ -48,26 +57,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parse_with_config(parser, argv)
 
 
-class LogitsOnly(nn.Module):
-    """model(x)["out"]: exporters want a tensor output, not a dict."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image)["out"]
-
-
 def load_for_export(path: str, model: Optional[str], num_classes: Optional[int]) -> Tuple[nn.Module, str]:
     """The checkpoint's model (loaded strictly, as validation.py and predict.py do) in eval mode without its
     aux head, and a one-line description."""
+    loaded, description = load_checkpoint(path, model, num_classes)
+    return loaded.model, description
+
+
+def load_checkpoint(path: str, model: Optional[str], num_classes: Optional[int]) -> Tuple[CheckpointModel, str]:
+    """As load_for_export, with what the checkpoint says about its classes (for the ONNX metadata)."""
     loaded = model_from_checkpoint(path, model, num_classes)
     net = loaded.model
     has_aux = getattr(net, "aux_classifier", None) is not None
     if has_aux:
         net.aux_classifier = None
-    return net.eval(), f"{loaded.name}, {loaded.num_classes} classes" + (" (aux head dropped)" if has_aux else "")
+    net.eval()
+    return loaded, f"{loaded.name}, {loaded.num_classes} classes" + (" (aux head dropped)" if has_aux else "")
 
 
 def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> Runner:
@@ -85,32 +90,6 @@ def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> 
     return run
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
-    """Writes `path` with dynamic height and width; returns which exporter did it."""
-    try:
-        import onnxscript  # noqa: F401  (torch's default exporter is written in it)
-    except ImportError:
-        # The TorchScript-based exporter needs only onnx; it is deprecated, so it is the fallback.
-        axes = {2: "height", 3: "width"}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")  # chosen knowingly
-            torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["out"],
-                              opset_version=opset, dynamo=False, dynamic_axes={"image": axes, "out": axes})
-        return "TorchScript-based exporter"
-    dims = {2: torch.export.Dim("height", min=MIN_SIZE), 3: torch.export.Dim("width", min=MIN_SIZE)}
-    torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["out"],
-                      opset_version=opset, dynamo=True, dynamic_shapes=(dims,), external_data=False, verbose=False)
-    return "torch.export-based exporter"
-
-
-def onnx_opset(path: Path) -> int:
-    """The default-domain opset written into the file (the exporter may keep a newer one than asked)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
 def onnx_runner(path: Path) -> Optional[Runner]:
     """An onnxruntime runner of `path`; without onnxruntime, runs onnx.checker and returns None."""
     try:
@@ -124,11 +103,6 @@ def onnx_runner(path: Path) -> Optional[Runner]:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     return lambda x: session.run(None, {input_name: x.numpy()})[0]
-
-
-def relative_error(output: np.ndarray, reference: np.ndarray) -> float:
-    """max |output - reference| / max(1, max |reference|), for outputs of the same shape."""
-    return float(np.abs(output - reference).max() / max(1.0, float(np.abs(reference).max())))
 
 
 def check_export(fmt: str, run: Runner, image: torch.Tensor, reference: np.ndarray) -> bool:
@@ -171,7 +145,8 @@ def chosen_formats(requested: Optional[List[str]]) -> List[str]:
     return ["torchscript"]
 
 
-def export(fmt: str, module: nn.Module, example: torch.Tensor, out_dir: Path, opset: int) -> Optional[Runner]:
+def export(fmt: str, module: nn.Module, example: torch.Tensor, out_dir: Path, opset: int,
+           loaded: Optional[CheckpointModel] = None, checkpoint_sha256: str = "") -> Optional[Runner]:
     """Writes one format; returns a runner of the written file, or None when it cannot be run here."""
     if fmt == "torchscript":
         path = out_dir / "model.torchscript.pt"
@@ -179,21 +154,10 @@ def export(fmt: str, module: nn.Module, example: torch.Tensor, out_dir: Path, op
         print(f"wrote {path}")
         return run
     path = out_dir / "model.onnx"
-    exporter = export_onnx(module, example, path, opset)
-    print(f"wrote {path} (opset {onnx_opset(path)}, {exporter})")
+    export_onnx(module.model, path, loaded, checkpoint_sha256, opset, size=example.shape[-1])
+    print(f"wrote {path} (opset {onnx_opset(path)}, dynamic batch, height and width, BatchNorm folded; class names, "
+          f"palette and normalisation in its metadata)")
     return onnx_runner(path)
-
-
-def check_opset(opset: int) -> None:
-    """Refuses an opset torch cannot write: its exporter would print a converter traceback and silently write
-    another opset instead."""
-    try:
-        from torch.onnx._constants import ONNX_MAX_OPSET, ONNX_MIN_OPSET
-    except ImportError:  # a torch that moved them: let the exporter judge
-        return
-    if not ONNX_MIN_OPSET <= opset <= ONNX_MAX_OPSET:
-        raise ValueError(f"--opset {opset}: this torch exports ONNX opsets {ONNX_MIN_OPSET}..{ONNX_MAX_OPSET}; "
-                         f"choose one of them (default 17)")
 
 
 # The file each format writes into --output-dir, and what it holds (core.outputs kinds).
@@ -212,9 +176,10 @@ def main(args: argparse.Namespace) -> int:
     for fmt, (name, kind) in EXPORT_FILES.items():  # neither replaces the checkpoint nor a file of another kind
         if fmt in formats:
             check_output("--output-dir", out_dir / name, kind, [args.weights, args.config])
-    model, description = load_for_export(args.weights, args.model, args.num_classes)
+    loaded, description = load_checkpoint(args.weights, args.model, args.num_classes)
     print(f"loaded {args.weights}: {description}")
-    module = LogitsOnly(model).eval()
+    module = LogitsOnly(loaded.model).eval()
+    sha = file_sha256(args.weights) if "onnx" in formats else ""
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(1, 3, args.size, args.size, generator=generator)
@@ -224,7 +189,7 @@ def main(args: argparse.Namespace) -> int:
         reference = module(image).numpy()
     ok = True
     for fmt in formats:
-        run = export(fmt, module, example, out_dir, args.opset)
+        run = export(fmt, module, example, out_dir, args.opset, loaded, sha)
         if run is not None:
             ok = check_export(fmt, run, image, reference) and ok
     if not ok:

@@ -22,6 +22,8 @@ from src import build_model, get_spec, model_from_checkpoint
 from transforms import SegmentationPresetTrain
 
 from . import protocols
+from .backends import agreement as label_agreement
+from .backends import backend_models, masks_agreement, scratch
 from .baselines import (
     TV_BUILDERS,
     TVEval,
@@ -170,19 +172,31 @@ def infer_image(args: argparse.Namespace) -> torch.Tensor:
     return TF.resize(read_image(args.image), [args.size, args.size], antialias=True)
 
 
+def backend_results(numbers: Dict[str, Dict], names: List[str], agreements: Dict[str, float]) -> Dict[str, Any]:
+    """Per extra variant (--backends, --int8): its ratios to the baseline, its pixel agreement with fp32 torch
+    (ours in fp32) and its peak host memory."""
+    return {name: {"ratio": ratios(numbers["baseline"], numbers[name]), "agreement_with_fp32_torch": agreements[name],
+                   "peak_rss_mib": numbers[name].get("peak_rss_mib")} for name in names}
+
+
 def bench_infer(args: argparse.Namespace, runtime: Runtime) -> Dict[str, Any]:
     baseline, ours, weights = make_models(args)
     image = infer_image(args)
-    builds = {"baseline": lambda: TVInfer(baseline, image, runtime.device),
-              "ours": lambda: OurInfer(ours, image, runtime)}
-    units, numbers = run_variants(builds, args.warmup, args.iters, args.rounds, runtime.device, 1, per_unit=True)
+    with scratch() as tmp:
+        extras = backend_models(args, ours, Path(tmp))
+        builds = {"baseline": lambda: TVInfer(baseline, image, runtime.device),
+                  "ours": lambda: OurInfer(ours, image, runtime),
+                  **{name: (lambda m=m: OurInfer(m, image, runtime)) for name, m in extras.items()}}
+        units, numbers = run_variants(builds, args.warmup, args.iters, args.rounds, runtime.device, 1, per_unit=True)
     flops = forward_flops(args.model, num_classes_of(ours), False, (args.size, args.size))
     add_compute(numbers, flops, runtime.device, runtime.amp_dtype)
     numbers["baseline"]["settings"] = baseline_settings(batch_size=1, input="float32 normalised on the host")
     numbers["ours"]["settings"] = our_settings(runtime, batch_size=1, input="uint8, normalised on the device")
+    check = infer_check(units["baseline"], units["ours"], weights)  # ends with ours' labels in fp32
+    agreements = {name: label_agreement(units["ours"].labels, units[name].labels) for name in extras}
     return {"protocol": protocols.infer(args, runtime, weights), "variants": numbers,
-            "ratio": ratios(numbers["baseline"], numbers["ours"]),
-            "check": infer_check(units["baseline"], units["ours"], weights)}
+            "ratio": ratios(numbers["baseline"], numbers["ours"]), "check": check,
+            "backends": backend_results(numbers, list(extras), agreements)}
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -298,16 +312,18 @@ def bench_predict(args: argparse.Namespace, runtime: Runtime) -> Dict[str, Any]:
     model = prepare_inference_model(ours, runtime)
     workers = args.workers[0]
     with tempfile.TemporaryDirectory(prefix="fcn_benchmark_") as tmp:
+        extras = backend_models(args, model, Path(tmp))
         images, _ = image_set(args.num_images, args.image_sizes, 1, args.seed)
         paths = write_photos(Path(tmp) / "photos", images)
         sizes = {tuple(i.shape[-2:]) for i in images}
         shapes = {(1, *s) for s in sizes} | {(len(b), *images[b[0]].shape[-2:])
                                              for b in size_batches(paths, args.batch_size)}
-        warm_shapes(model, runtime, shapes, args.warmup)
-        seconds: Dict[str, List[float]] = {"baseline": [], "ours": []}
+        for net in (model, *extras.values()):  # OpenVINO, too, compiles per new input shape
+            warm_shapes(net, runtime, shapes, args.warmup)
+        seconds: Dict[str, List[float]] = {name: [] for name in ("baseline", "ours", *extras)}
         outputs: Dict[str, List[Path]] = {}
         for r in range(args.rounds):
-            for name in ("baseline", "ours"):
+            for name in seconds:
                 outputs[name] = [Path(tmp) / f"{name}_{r}" / f"{p.stem}.png" for p in paths]
                 write = mask_writer(outputs[name])
                 synchronize(runtime.device)
@@ -315,10 +331,11 @@ def bench_predict(args: argparse.Namespace, runtime: Runtime) -> Dict[str, Any]:
                 if name == "baseline":
                     one_at_a_time(model, paths, runtime, write)
                 else:
-                    our_folder(model, paths, runtime, write, args.batch_size, workers)
+                    our_folder(extras.get(name, model), paths, runtime, write, args.batch_size, workers)
                 synchronize(runtime.device)
                 seconds[name].append(time.perf_counter() - start)
         check = mask_check(outputs["baseline"], outputs["ours"])
+        agreements = {name: masks_agreement(outputs["baseline"], outputs[name]) for name in extras}
     numbers = {name: {"images_per_s": len(paths) * len(s) / sum(s), "timed_images": len(paths) * len(s),
                       "timed_s": sum(s), "round_images_per_s": [len(paths) / t for t in s]}
                for name, s in seconds.items()}
@@ -327,7 +344,7 @@ def bench_predict(args: argparse.Namespace, runtime: Runtime) -> Dict[str, Any]:
                                                writer="background threads")
     return {"protocol": protocols.predict(args, runtime, weights, workers), "variants": numbers,
             "baseline_label": "baseline (one at a time)", "ratio": ratios(numbers["baseline"], numbers["ours"]),
-            "check": check}
+            "check": check, "backends": backend_results(numbers, list(extras), agreements)}
 
 
 MODES = {"train": bench_train, "eval": bench_eval, "infer": bench_infer, "data": bench_data,

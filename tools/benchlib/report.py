@@ -126,6 +126,27 @@ def print_loader(result: Dict[str, Any]) -> None:
     print_table(rows)
 
 
+def print_backends(result: Dict[str, Any]) -> None:
+    """The --backends / --int8 variants next to the baseline: latency (infer) or images/s (predict) ratios, pixel
+    agreement with fp32 torch, peak host memory."""
+    infer = "latency_median" in next(iter(result["backends"].values()))["ratio"]
+    speed = "latency median (ms)" if infer else "images/s"
+    rows = [("variant", speed, "ratio to baseline", "per round", "agreement with fp32 torch", "peak RSS (MiB)")]
+    for name in ("baseline", "ours", *result["backends"]):
+        v = result["variants"][name]
+        value = v["latency_ms_median"] if infer else v["images_per_s"]
+        if name == "baseline":
+            ratio, rounds, agree = "1", "", ""
+        else:
+            r = result["ratio"] if name == "ours" else result["backends"][name]["ratio"]
+            ratio = fmt(r["latency_median"] if infer else r["images_per_s"], "x")
+            rounds = " ".join(f"{x:.3g}" for x in r["round_images_per_s"])
+            agree = "(fp32 torch)" if name == "ours" else f"{result['backends'][name]['agreement_with_fp32_torch']:.4%}"
+        rows.append((name, fmt(value), ratio, rounds, agree, fmt(v.get("peak_rss_mib"), na="n/a")))
+    print("variants side by side (per round: images/s ratio, higher is faster):")
+    print_table(rows)
+
+
 def print_report(result: Dict[str, Any]) -> None:
     env = result["environment"]
     print(f"\n== {result['mode']} | {result['model'] or 'no model'} | {env['device']} ({env['device_name']}) | "
@@ -137,6 +158,8 @@ def print_report(result: Dict[str, Any]) -> None:
         print_loader(result)
     else:
         print_variants(result)
+    if result.get("backends"):
+        print_backends(result)
     if result.get("check"):
         print_check(result["check"])
 

@@ -1,5 +1,7 @@
 """Timing: warm-up, alternating rounds, images/s, latency and the ratios ours / baseline."""
+import os
 import statistics
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -36,6 +38,38 @@ def start(build: Callable[[], Unit], warmup: int, device: torch.device) -> Tuple
     return unit, (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
 
 
+def rss_mib() -> Optional[float]:
+    """The process's resident memory now (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss_during(work: Callable[[], object], every_s: float = 0.002) -> Tuple[object, Optional[float]]:
+    """(work(), the peak resident memory above the level before it, MiB): a thread samples /proc/self/statm,
+    since ru_maxrss is the whole process's peak and would charge every variant with the largest one's."""
+    start = rss_mib()
+    if start is None:
+        return work(), None
+    peak, done = [start], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib() or 0.0)
+            time.sleep(every_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(peak[0], rss_mib() or 0.0) - start
+
+
 def split(iters: int, rounds: int) -> List[int]:
     """iters units in min(rounds, iters) rounds of near-equal length."""
     rounds = min(rounds, iters)
@@ -67,11 +101,12 @@ def latency(times: List[List[float]]) -> Dict[str, float]:
 
 def run_variants(builds: Dict[str, Callable[[], Unit]], warmup: int, iters: int, rounds: int, device: torch.device,
                  images_per_unit: int, per_unit: bool = False) -> Tuple[Dict[str, Any], Dict[str, Dict]]:
-    """Starts each variant alone (build, warm-up, memory), then times all of them in alternating rounds."""
+    """Starts each variant alone (build, warm-up, memory; the peak host memory above the level before it), then
+    times all of them in alternating rounds."""
     units, numbers = {}, {}
     for name, build in builds.items():
-        units[name], memory = start(build, warmup, device)
-        numbers[name] = {"peak_memory_mib": memory}
+        (units[name], memory), rss = peak_rss_during(lambda: start(build, warmup, device))
+        numbers[name] = {"peak_memory_mib": memory, "peak_rss_mib": rss}
     counts = split(iters, rounds)
     for name, times in interleave(units, counts, device, per_unit).items():
         numbers[name].update(throughput(times, counts, images_per_unit))
