@@ -7,10 +7,12 @@ lacks (fcntl, os.fchmod, fsync of a directory, sigtimedwait, and on some filesys
 when it is called, so that every module imports everywhere.
 """
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -430,3 +432,31 @@ class StopRequest:
 def exit_code(signum: Optional[int]) -> int:
     """The conventional exit code 128 + signal number of a run stopped by `signum` (SIGTERM if unknown)."""
     return 128 + int(signum if signum is not None else signal.SIGTERM)
+
+
+class _StackT(ctypes.Structure):
+    """Linux's stack_t (pointer, int flags, size_t size), for sigaltstack."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def kept_signal_stack() -> Iterator[None]:
+    """Restores the calling thread's alternate signal stack after the block.
+
+    OpenVINO's CPU plugin installs a ~20 KB alternate signal stack on the thread that compiles a model and
+    leaves it there; once a process has used AMX tiles, the signal frame no longer fits in it, and the next
+    signal with a handler (a DataLoader worker's SIGCHLD, our SIGTERM handler) kills the process with
+    SIGSEGV. Linux only; elsewhere the block just runs.
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _StackT()
+    kept = libc.sigaltstack(None, ctypes.byref(before)) == 0
+    try:
+        yield
+    finally:
+        if kept:
+            libc.sigaltstack(ctypes.byref(before), None)

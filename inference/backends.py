@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from core.cli import UsageError, positive_float
+from core.platform import kept_signal_stack
 from core.runtime import Runtime
 from src import CheckpointModel
 
@@ -115,7 +116,8 @@ def openvino_runner(path: Path, threads: Optional[int] = None) -> Runner:
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    with kept_signal_stack():  # OpenVINO leaves a signal stack too small for AMX state: see kept_signal_stack
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
     request = compiled.create_infer_request()
 
     def run(x: np.ndarray) -> np.ndarray:

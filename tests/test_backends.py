@@ -253,3 +253,39 @@ def test_missing_extra_says_what_to_install(weights, photos, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "pip install openvino" in lines[0], result.stderr
     assert not (tmp_path / "o").exists()
+
+
+SIGNAL_STACK = """
+import ctypes, sys
+from core.platform import _StackT
+from inference.backends import open_backend
+import torch
+
+def signal_stack():
+    stack = _StackT()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    return [stack.ss_sp, stack.ss_flags, stack.ss_size]
+
+before = signal_stack()
+for backend in ("onnxruntime", "openvino"):  # the order the benchmark runs them in, where the crash was seen
+    model = open_backend(backend, sys.argv[1])
+    model(torch.rand(1, 3, 64, 64))
+print(before == signal_stack(), before, signal_stack())
+"""
+
+
+@needs("openvino")
+def test_openvino_leaves_the_signal_stack_as_it_was(weights, tmp_path):
+    """OpenVINO's CPU plugin installs a small alternate signal stack when it compiles a model; once AMX state
+    had grown the signal frame, the next SIGCHLD of a DataLoader worker killed the process with SIGSEGV.
+    Checked in a plain interpreter: pytest's faulthandler has a signal stack of its own."""
+    import subprocess
+    import sys
+
+    loaded = model_from_checkpoint(weights)
+    path, _ = cached_export(prepare_for_inference(loaded.model, torch.device("cpu"), False, False),
+                            weights, loaded, cache_dir=tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", SIGNAL_STACK, str(path)], cwd=root, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("True"), result.stdout + result.stderr
