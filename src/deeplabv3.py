@@ -5,10 +5,10 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import mobilenet_v3_large, resnet50, resnet101
+from torchvision.models import mobilenet_v3_large
 from torchvision.models._utils import IntermediateLayerGetter
 
-from .fcn_model import FCN, FCNHead
+from .fcn_model import FCN, FCNHead, dilated_resnet
 from .weights import load_backbone_weights
 
 
@@ -97,16 +97,14 @@ def deeplabv3_resnet50(num_classes: int = 21, aux: bool = True,
         aux: add the auxiliary FCNHead on layer3.
         pretrained_backbone: None/"none", "auto" (torchvision cache or download) or a local .pth file.
     """
-    trunk = resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
-    load_backbone_weights(trunk, "resnet50", pretrained_backbone)
+    trunk = dilated_resnet("resnet50", pretrained_backbone)
     return _deeplabv3_resnet(trunk, num_classes, aux)
 
 
 def deeplabv3_resnet101(num_classes: int = 21, aux: bool = True,
                         pretrained_backbone: Optional[str] = None) -> DeepLabV3:
     """DeepLabV3 on a ResNet-101 with layer3/layer4 dilated (output stride 8). Args as `deeplabv3_resnet50`."""
-    trunk = resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
-    load_backbone_weights(trunk, "resnet101", pretrained_backbone)
+    trunk = dilated_resnet("resnet101", pretrained_backbone)
     return _deeplabv3_resnet(trunk, num_classes, aux)
 
 

@@ -5,7 +5,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet50, resnet101
+from torchvision.models import ResNet, resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 
 from .weights import load_backbone_weights
@@ -65,6 +65,15 @@ def _fcn_resnet(trunk: nn.Module, num_classes: int, aux: bool) -> FCN:
     return FCN(backbone, FCNHead(2048, num_classes), aux_classifier)
 
 
+def dilated_resnet(arch: str, pretrained_backbone: Optional[str] = None) -> ResNet:
+    """torchvision's ResNet-50/101 ("resnet50", "resnet101") with layer3/layer4 dilated (output stride 8), its
+    ImageNet weights from a local file (see load_backbone_weights): the trunk of the FCNs, DeepLabV3 and PSPNet."""
+    trunk = {"resnet50": resnet50, "resnet101": resnet101}[arch](weights=None,
+                                                                replace_stride_with_dilation=[False, True, True])
+    load_backbone_weights(trunk, arch, pretrained_backbone)
+    return trunk
+
+
 def fcn_resnet50(num_classes: int = 21, aux: bool = True, pretrained_backbone: Optional[str] = None) -> FCN:
     """FCN on a ResNet-50 with layer3/layer4 dilated (output stride 8).
 
@@ -73,13 +82,11 @@ def fcn_resnet50(num_classes: int = 21, aux: bool = True, pretrained_backbone: O
         aux: add the auxiliary FCNHead on layer3.
         pretrained_backbone: None/"none", "auto" (torchvision cache or download) or a local .pth file.
     """
-    trunk = resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
-    load_backbone_weights(trunk, "resnet50", pretrained_backbone)
+    trunk = dilated_resnet("resnet50", pretrained_backbone)
     return _fcn_resnet(trunk, num_classes, aux)
 
 
 def fcn_resnet101(num_classes: int = 21, aux: bool = True, pretrained_backbone: Optional[str] = None) -> FCN:
     """FCN on a ResNet-101 with layer3/layer4 dilated (output stride 8). Args as `fcn_resnet50`."""
-    trunk = resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
-    load_backbone_weights(trunk, "resnet101", pretrained_backbone)
+    trunk = dilated_resnet("resnet101", pretrained_backbone)
     return _fcn_resnet(trunk, num_classes, aux)

@@ -5,11 +5,9 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet50, resnet101
 from torchvision.models._utils import IntermediateLayerGetter
 
-from .fcn_model import FCN, FCNHead
-from .weights import load_backbone_weights
+from .fcn_model import FCN, FCNHead, dilated_resnet
 
 
 class AdaptiveAvgPool(nn.Module):
@@ -89,13 +87,11 @@ def pspnet_resnet50(num_classes: int = 21, aux: bool = True, pretrained_backbone
         aux: add the auxiliary FCNHead on layer3.
         pretrained_backbone: None/"none", "auto" (torchvision cache or download) or a local .pth file.
     """
-    trunk = resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
-    load_backbone_weights(trunk, "resnet50", pretrained_backbone)
+    trunk = dilated_resnet("resnet50", pretrained_backbone)
     return _pspnet(trunk, num_classes, aux)
 
 
 def pspnet_resnet101(num_classes: int = 21, aux: bool = True, pretrained_backbone: Optional[str] = None) -> PSPNet:
     """PSPNet on a ResNet-101 with layer3/layer4 dilated (output stride 8). Args as `pspnet_resnet50`."""
-    trunk = resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
-    load_backbone_weights(trunk, "resnet101", pretrained_backbone)
+    trunk = dilated_resnet("resnet101", pretrained_backbone)
     return _pspnet(trunk, num_classes, aux)
