@@ -8,6 +8,7 @@ when it is called, so that every module imports everywhere.
 """
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -460,3 +461,12 @@ def kept_signal_stack() -> Iterator[None]:
     finally:
         if kept:
             libc.sigaltstack(ctypes.byref(before), None)
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 4 MiB blocks (COCO's 450 MB annotation file: about a second)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

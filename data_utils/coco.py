@@ -13,7 +13,6 @@ COCO's polygons were drawn on the stored pixels (browsers ignored EXIF orientati
 and pycocotools' own tools do too), so a mask is turned by its photo's EXIF orientation, like the photo.
 """
 import functools
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from PIL import ExifTags, Image
 from core.cli import shown
 from core.constants import IGNORE_INDEX
 from core.palette import VOC_PALETTE, Palette, PathLike
+from core.platform import file_sha256
 
 from .datasets import SegmentationDataset, Transforms
 from .io import check_pixels, open_image
@@ -357,15 +357,6 @@ def coco_pairs(data_path: PathLike, split: str) -> list[Pair]:
     names = sorted(name for name, ann in annotations.items()
                    if split != TRAIN_SPLIT or (ann.objects and ann.area > MIN_TRAIN_AREA))
     return [(Path(data_path) / split / name, ann_file) for name in names]
-
-
-def file_sha256(path: PathLike) -> str:
-    """SHA-256 of a file's content, read in 1 MiB blocks (instances_train2017.json is 450 MB: about a second)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_path(data_path: PathLike, split: str) -> Path:

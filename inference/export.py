@@ -19,7 +19,7 @@ from torch import nn
 
 from core.constants import IMAGENET_MEAN, IMAGENET_STD
 from core.palette import VOC_PALETTE, Palette, default_class_names
-from core.platform import atomic_write
+from core.platform import atomic_write, file_sha256
 from src import CheckpointModel
 from src.fuse import fold_batchnorm
 
@@ -76,15 +76,6 @@ def check_opset(opset: int) -> None:
 def relative_error(output: np.ndarray, reference: np.ndarray) -> float:
     """max |output - reference| / max(1, max |reference|), for outputs of the same shape."""
     return float(np.abs(output - reference).max() / max(1.0, float(np.abs(reference).max())))
-
-
-def file_sha256(path: PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (read in 4 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def without_aux(model: nn.Module) -> nn.Module:
