@@ -5,8 +5,10 @@ my_dataset read data that its own writer did not produce.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import imgviz
@@ -24,6 +26,23 @@ import warm_python  # noqa: E402
 # Flags of the tiny CPU trainings of the end-to-end tests.
 TINY = ["--pretrained-backbone", "none", "--base-size", "64", "--crop-size", "64", "-b", "2", "-j", "0",
         "--print-freq", "1", "--device", "cpu"]
+
+# The most the suite holds on disk at once (measured: 3.3 GB; the trainings write checkpoints of 100-500 MB, and
+# pytest.ini has a passed test's folder removed when it ends).
+SUITE_DISK_BYTES = 3584 << 20
+
+
+def pytest_sessionstart(session):
+    """A disk too full for the suite's checkpoints stops it at once with one line, not with a dozen tests
+    failing on the trainings' own free-space check."""
+    where = Path(session.config.option.basetemp or tempfile.gettempdir())
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < SUITE_DISK_BYTES:
+        pytest.exit(f"{where}: only {free / 2**30:.1f} GiB free, the test suite needs about "
+                    f"{SUITE_DISK_BYTES / 2**30:.1f} GiB there; free some space or pass --basetemp DIR", returncode=3)
+
 
 TRAIN_IDS = ["gen_000", "gen_001", "gen_002"]
 VAL_IDS = ["gen_003", "voc_sample"]

@@ -46,11 +46,16 @@ def start_training(demo):
         proc.communicate()
 
 
-def wait_for(predicate, timeout=240, interval=0.05):
+def wait_for(predicate, proc=None, timeout=240, interval=0.05):
+    """Waits until `predicate()` holds; a run `proc` that ends first fails the test at once with its output,
+    rather than after the whole timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
+        if proc is not None and proc.poll() is not None:
+            stdout, stderr = proc.communicate()
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before the awaited state\n{stdout}\n{stderr}")
         time.sleep(interval)
     raise AssertionError("timed out waiting")
 
@@ -76,7 +81,7 @@ def test_signal_saves_a_resumable_checkpoint(demo, tmp_path, start_training, sig
     DataLoader workers (Ctrl-C in a terminal, kill -- -PGID, a scheduler's time limit)."""
     out = tmp_path / "run"
     proc = start_training(out, "--epochs", "3", *(["-j", "2"] if group else []))
-    wait_for(lambda: log_has(out, "epoch 1 [1/"))  # mid-way through epoch 1
+    wait_for(lambda: log_has(out, "epoch 1 [1/"), proc)  # mid-way through epoch 1
     os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
@@ -92,7 +97,7 @@ def test_kill_9_while_writing_a_checkpoint(demo, tmp_path, start_training):
     out = tmp_path / "run"
     proc = start_training(out, "--epochs", "4")
     # Wait until a checkpoint is being written (its temporary file exists) with an older one in place.
-    wait_for(lambda: (out / "last.pth").exists() and any(out.glob(".last.pth.*.tmp")), interval=0.001)
+    wait_for(lambda: (out / "last.pth").exists() and any(out.glob(".last.pth.*.tmp")), proc, interval=0.001)
     proc.kill()
     proc.communicate(timeout=60)
     assert list(out.glob(".last.pth.*.tmp"))  # the killed write's temporary file, orphaned
@@ -136,7 +141,7 @@ def test_elastic_restart_resumes_after_a_worker_dies(demo, tmp_path, start_train
     proc = start_training(out, "--epochs", "3", module=(
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
         "train_multi_GPU.py"))
-    wait_for(lambda: (out / "last.pth").exists() and log_has(out, "epoch 1 [1/"))
+    wait_for(lambda: (out / "last.pth").exists() and log_has(out, "epoch 1 [1/"), proc)
     victims = _worker_pids(proc.pid)
     assert len(victims) == 2
     os.kill(victims[1], signal.SIGKILL)
@@ -185,7 +190,7 @@ def test_unwritable_or_invalid_output_dir(tmp_path, monkeypatch):
 def test_a_run_directory_has_one_owner_and_a_killed_owner_frees_it(demo, tmp_path, start_training):
     out = tmp_path / "run"
     first = start_training(out, "--epochs", "2", "-j", "2")
-    wait_for(lambda: log_has(out, "epoch 0 [1/"))  # training, its two loader workers forked from it
+    wait_for(lambda: log_has(out, "epoch 0 [1/"), first)  # training, its two loader workers forked from it
     second = run("train.py", "--data-path", demo, "--output-dir", out, "--epochs", "2", "--overwrite", *FAST,
                  check=False)
     lines = second.stderr.strip().splitlines()
