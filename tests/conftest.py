@@ -44,6 +44,24 @@ def pytest_sessionstart(session):
                     f"{SUITE_DISK_BYTES / 2**30:.1f} GiB there; free some space or pass --basetemp DIR", returncode=3)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_temp_dir(tmp_path_factory):
+    """Every temporary file of the session, its own and its children's (torchrun's rendezvous folders,
+    multiprocessing's pymp-*, TorchInductor's cache), goes into one folder under pytest's basetemp that is
+    removed at the end, so a run leaves nothing in the system's temporary folder."""
+    scratch = tmp_path_factory.mktemp("tmpdir", numbered=False)  # basetemp is resolved from the real TMPDIR first
+    saved_env, saved_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)
+    yield scratch
+    warm_python.shutdown()  # its own temporary folder lives here
+    tempfile.tempdir = saved_dir
+    if saved_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved_env
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 TRAIN_IDS = ["gen_000", "gen_001", "gen_002"]
 VAL_IDS = ["gen_003", "voc_sample"]
 GENERATED_SIZES = {"gen_000": (64, 64), "gen_001": (48, 64), "gen_002": (64, 40), "gen_003": (56, 56)}

@@ -170,5 +170,13 @@ def run_script(argv: List[str], cwd: Path, env: Dict[str, str],
     return _SERVER.run(argv, cwd, env, timeout)
 
 
+def shutdown() -> None:
+    """Stops the server (the next run_script starts a new one)."""
+    global _SERVER
+    if _SERVER is not None:
+        _SERVER.close()
+        _SERVER = None
+
+
 if __name__ == "__main__":
     serve()
