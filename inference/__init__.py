@@ -10,6 +10,7 @@
     inference.export   the ONNX export (BN folded, dynamic batch and size, metadata) and its cache
     inference.backends --backend torch|onnxruntime|openvino: the ONNX model run like the torch model
     inference.agreement two evaluations compared pixel by pixel (int8 against fp32)
+    inference.pt2e      int8 in torch itself: PT2E with torchao's x86 quantizer, compiled by TorchInductor
 
 It imports core/, src/ and data_utils/ only: running a model does not need the training engine.
 """

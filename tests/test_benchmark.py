@@ -175,8 +175,8 @@ def test_predict_folder_against_one_at_a_time(tool, tmp_path):
                     reason="the backend variants need onnxruntime and openvino (pip install onnxruntime openvino)")
 def test_infer_backends_and_int8_side_by_side(tool, tmp_path, capsys):
     data = bench(tool, tmp_path, "--mode", "infer", "--size", "64", "--warmup", "1", "--iters", "2", "--rounds", "2",
-                 "--num-classes", "3", "--backends", "onnxruntime", "openvino", "--int8")
-    names = ["onnxruntime", "openvino", "onnxruntime int8", "openvino int8"]
+                 "--num-classes", "3", "--backends", "onnxruntime", "openvino", "--int8", "--pt2e-int8")
+    names = ["onnxruntime", "openvino", "onnxruntime int8", "openvino int8", "torch pt2e int8"]
     assert list(data["backends"]) == names
     base = data["variants"]["baseline"]
     for name in names:
@@ -186,7 +186,8 @@ def test_infer_backends_and_int8_side_by_side(tool, tmp_path, capsys):
         assert 0 <= b["agreement_with_fp32_torch"] <= 1
     assert min(data["backends"][n]["agreement_with_fp32_torch"] for n in names[:2]) >= 0.999  # fp32 runtimes
     out = capsys.readouterr().out
-    assert "variants side by side" in out and "onnxruntime int8" in out
+    assert "variants side by side" in out and "onnxruntime int8" in out and "torch pt2e int8" in out
+    assert "X86InductorQuantizer" in data["protocol"]["pt2e_int8"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -207,6 +208,7 @@ def test_bad_flags(tool, capsys, args, message):
     (["--mode", "train", "--model", "fcn8s"], "--model fcn8s"),
     (["--mode", "train", "--backends", "onnxruntime"], "--backends does not apply to --mode train"),
     (["--mode", "infer", "--int8-model", "x.onnx"], "pass that checkpoint as --weights"),
+    (["--mode", "predict", "--pt2e-int8"], "--pt2e-int8 does not apply to --mode predict"),
     (["--mode", "data", "--device", "cpu", "--num-images", "2"], "raise --num-images"),
     pytest.param(["--mode", "infer", "--device", "cuda"], "CUDA is not available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

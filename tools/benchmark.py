@@ -7,6 +7,8 @@
     python tools/benchmark.py --mode predict --device cuda --amp --batch-size 8 --workers 4 --num-images 200
     # CPU runtimes side by side: torchvision eager, ours, ONNX Runtime, OpenVINO, and both in int8
     python tools/benchmark.py --mode infer --device cpu --backends onnxruntime openvino --int8
+    # int8 in torch itself (PT2E, x86 quantizer, TorchInductor; needs torchao), next to torchvision eager
+    python tools/benchmark.py --mode infer --device cpu --pt2e-int8
 
 train, eval and infer run our code path and torchvision's reference recipe ("the baseline") in one process, in
 alternating rounds (baseline, ours, baseline, ours, ...) so that clock changes and other load hit both alike,
@@ -108,6 +110,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--int8", action="store_true",
                         help="infer, predict: also time the int8 model (quantized here on 4 synthetic images; "
                              "--int8-model for one of tools/quantize.py) in each of --backends (default onnxruntime)")
+    parser.add_argument("--pt2e-int8", action="store_true",
+                        help="infer: also time our model quantized to int8 in torch (PT2E with torchao's x86 "
+                             "quantizer, calibrated on the same synthetic images, compiled by TorchInductor for "
+                             "the --size input; needs torchao)")
     parser.add_argument("--int8-model", default=None, metavar="FILE",
                         help="infer, predict: the int8 ONNX model of --weights made by tools/quantize.py")
     parser.add_argument("--json", default=None, metavar="FILE", help="write the protocol and all numbers to this file")
@@ -146,6 +152,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
                          f"raise --num-images")
     if args.int8 and mode not in ("infer", "predict"):
         raise UsageError(f"--int8 does not apply to --mode {mode} (only to infer, predict); drop it")
+    if args.pt2e_int8 and mode != "infer":
+        raise UsageError(f"--pt2e-int8 does not apply to --mode {mode} (only to infer: it is compiled for one "
+                         f"input shape); drop it")
     if args.int8_model and not args.weights:
         raise UsageError("--int8-model is the int8 model of a checkpoint: pass that checkpoint as --weights")
     if mode == "predict" and len(args.workers) != 1:

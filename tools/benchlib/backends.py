@@ -1,6 +1,7 @@
-"""The --backends and --int8 variants of --mode infer and predict: our model exported to ONNX (BN folded, as
-predict.py --backend does) and run in ONNX Runtime or OpenVINO, optionally quantized to int8 (tools/quantize.py's
-quantizer), timed side by side with torchvision's eager model and ours."""
+"""The --backends, --int8 and --pt2e-int8 variants of --mode infer and predict: our model exported to ONNX (BN
+folded, as predict.py --backend does) and run in ONNX Runtime or OpenVINO, optionally quantized to int8
+(tools/quantize.py's quantizer), or quantized to int8 in torch itself (inference.pt2e), timed side by side with
+torchvision's eager model and ours."""
 import argparse
 import tempfile
 from pathlib import Path
@@ -11,9 +12,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from core.cli import UsageError
 from inference import normalize
 from inference.backends import BackendModel, check_backend_args, open_backend
 from inference.export import export_onnx, file_sha256
+from inference.pt2e import check_available, quantize_pt2e_x86
 from src import CheckpointModel
 from tools.quantize import quantize
 
@@ -21,6 +24,7 @@ from .baselines import num_classes_of
 from .inputs import smooth_images
 
 CALIBRATION_IMAGES = 4
+PT2E = "torch pt2e int8"
 
 
 def variant_names(args: argparse.Namespace) -> List[str]:
@@ -28,21 +32,39 @@ def variant_names(args: argparse.Namespace) -> List[str]:
     names = list(args.backends or [])
     if args.int8 or args.int8_model:
         names += [f"{b} int8" for b in (args.backends or ["onnxruntime"])]
+    if getattr(args, "pt2e_int8", False):
+        names.append(PT2E)
     return names
 
 
 def check_args(args: argparse.Namespace, runtime) -> None:
     """One-line refusals: the extras must be installed, the device a CPU, no autocast or compile."""
-    for backend in dict.fromkeys(n.split()[0] for n in variant_names(args)):
+    names = variant_names(args)
+    for backend in dict.fromkeys(n.split()[0] for n in names if n != PT2E):
         check_backend_args(argparse.Namespace(backend=backend, onnx_model=args.int8_model), runtime)
+    if PT2E in names:
+        if runtime.device.type != "cpu" or runtime.amp_dtype is not None or runtime.compile:
+            raise UsageError("--pt2e-int8 is int8 for x86 CPUs, compiled on its own: add --device cpu and drop "
+                             "--amp and --compile")
+        try:
+            check_available()
+        except ImportError as e:
+            raise UsageError(f"--pt2e-int8: {e}") from None
 
 
 def backend_models(args: argparse.Namespace, ours: nn.Module, folder: Path) -> Dict[str, BackendModel]:
     """{variant: model} for variant_names(args): `ours` exported to `folder` (fp32; quantized on --int8 with
     CALIBRATION_IMAGES synthetic images, or --int8-model) and opened in each backend."""
     names = variant_names(args)
+    models = {}
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    calibration = [normalize(i[None]) for i in smooth_images(CALIBRATION_IMAGES, (args.size, args.size), gen)]
+    if PT2E in names:
+        models[PT2E] = quantize_pt2e_x86(ours, calibration, calibration[0],
+                                         f"{len(calibration)} synthetic smooth images")
+    names = [n for n in names if n != PT2E]
     if not names:
-        return {}
+        return models
     ours = ours.eval()
     loaded = CheckpointModel(ours, args.model, num_classes_of(ours), None)
     sha = file_sha256(args.weights) if args.weights else "random weights"
@@ -50,10 +72,9 @@ def backend_models(args: argparse.Namespace, ours: nn.Module, folder: Path) -> D
     int8 = Path(args.int8_model) if args.int8_model else None
     if int8 is None and args.int8:
         int8 = folder / "int8.onnx"
-        gen = torch.Generator().manual_seed(args.seed + 1)
-        images = [normalize(i[None]).numpy() for i in smooth_images(CALIBRATION_IMAGES, (args.size, args.size), gen)]
-        quantize(fp32, int8, images, "minmax", f"{len(images)} synthetic smooth images")
-    return {name: open_backend(name.split()[0], int8 if name.endswith("int8") else fp32) for name in names}
+        quantize(fp32, int8, [i.numpy() for i in calibration], "minmax", f"{len(calibration)} synthetic smooth images")
+    models.update({name: open_backend(name.split()[0], int8 if name.endswith("int8") else fp32) for name in names})
+    return {name: models[name] for name in variant_names(args)}
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -83,6 +83,10 @@ def infer(args: argparse.Namespace, runtime: Runtime, weights: str) -> Dict[str,
         "check": "fraction of pixels whose argmax equals the baseline's (target >= 99.9%), as timed and in "
                  "strict fp32",
         **common(args, runtime, weights, "per image: forward without the aux head (its output is unused)"),
+        **({"pt2e_int8": f"ours quantized in torch (inference.pt2e: torch.export at 1x3x{args.size}x{args.size}, "
+                         f"torchao's X86InductorQuantizer with its default static config, calibrated on the "
+                         f"int8 variants' synthetic images, TorchInductor with freezing); compile time not timed"}
+           if getattr(args, "pt2e_int8", False) else {}),
     }
 
 
