@@ -26,6 +26,7 @@ from tools.benchlib.summary import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "benchmark.py"
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 # torchvision's published cost of fcn_resnet50 (aux head included) at 520x520, in multiply-adds.
 TV_GMACS_520 = 152.717
 
@@ -160,7 +161,8 @@ def test_data_times_three_pipelines_and_checks_the_decoders(tool, tmp_path):
 
 def test_predict_folder_against_one_at_a_time(tool, tmp_path):
     data = bench(tool, tmp_path, "--mode", "predict", "--num-images", "5", "--image-sizes", "40x48", "48x40",
-                 "--batch-size", "2", "--workers", "1", "--warmup", "1", "--num-classes", "3")
+                 "--batch-size", "2", "--workers", "1", "--warmup", "1", "--num-classes", "3",
+                 *(["--backends", "onnxruntime", "--int8"] if HAS_ORT else []))
     base, ours = data["variants"]["baseline"], data["variants"]["ours"]
     for v in (base, ours):
         assert v["timed_images"] == 5 and v["images_per_s"] == pytest.approx(5 / v["timed_s"])
@@ -169,6 +171,9 @@ def test_predict_folder_against_one_at_a_time(tool, tmp_path):
     check = data["check"]
     assert check["masks_equal"] and check["differing_pixels"] == 0 and check["files"] == 5
     assert check["pixels"] == 3 * 40 * 48 + 2 * 48 * 40
+    # the variants (test extras): calibrated at the first --image-sizes, as --mode predict has no --size
+    assert not HAS_ORT or list(data["backends"]) == ["onnxruntime", "onnxruntime int8"]
+    assert not HAS_ORT or data["backends"]["onnxruntime"]["agreement_with_fp32_torch"] >= 0.999
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("openvino") is None,

@@ -52,13 +52,21 @@ def check_args(args: argparse.Namespace, runtime) -> None:
             raise UsageError(f"--pt2e-int8: {e}") from None
 
 
+def calibration_images(args: argparse.Namespace) -> List[torch.Tensor]:
+    """CALIBRATION_IMAGES normalised synthetic images at the size timed: --size, or --mode predict's first
+    --image-sizes."""
+    size = (args.size, args.size) if args.size else tuple(args.image_sizes[0])
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    return [normalize(i[None]) for i in smooth_images(CALIBRATION_IMAGES, size, gen)]
+
+
 def backend_models(args: argparse.Namespace, ours: nn.Module, folder: Path) -> Dict[str, BackendModel]:
     """{variant: model} for variant_names(args): `ours` exported to `folder` (fp32; quantized on --int8 with
     CALIBRATION_IMAGES synthetic images, or --int8-model) and opened in each backend."""
     names = variant_names(args)
     models = {}
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    calibration = [normalize(i[None]) for i in smooth_images(CALIBRATION_IMAGES, (args.size, args.size), gen)]
+    if PT2E in names or (args.int8 and not args.int8_model):
+        calibration = calibration_images(args)
     if PT2E in names:
         models[PT2E] = quantize_pt2e_x86(ours, calibration, calibration[0],
                                          f"{len(calibration)} synthetic smooth images")
