@@ -284,7 +284,7 @@ def test_openvino_leaves_the_signal_stack_as_it_was(weights, tmp_path):
 
     loaded = model_from_checkpoint(weights)
     path, _ = cached_export(prepare_for_inference(loaded.model, torch.device("cpu"), False, False),
-                            weights, loaded, cache_dir=tmp_path)
+                            weights, loaded)  # the export the other tests cached beside the weights
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", SIGNAL_STACK, str(path)], cwd=root, capture_output=True,
                             text=True, timeout=120)
