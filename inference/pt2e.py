@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from .export import LogitsOnly
+
 INSTALL = "pip install torchao"
 
 
@@ -30,17 +32,6 @@ class ExportableBottleneck(Bottleneck):
         out = torch.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return torch.relu(out + identity)
-
-
-class _MainHead(nn.Module):
-    """{"out": logits} -> logits: torch.export needs a tensor output for the quantizer."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)["out"]
 
 
 def exportable_copy(model: nn.Module) -> nn.Module:
@@ -101,7 +92,7 @@ def quantize_pt2e_x86(model: nn.Module, images: Sequence[torch.Tensor], example:
 
     example = example.detach().float().cpu()
     with torch.no_grad():
-        graph = torch.export.export(_MainHead(exportable_copy(model)), (example,)).module()
+        graph = torch.export.export(LogitsOnly(exportable_copy(model)), (example,)).module()
         quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
         prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
         for image in images:
